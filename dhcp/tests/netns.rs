@@ -1,0 +1,623 @@
+//! Integration tests in network namespaces that each test creates: a bridge in a "switch"
+//! namespace and one namespace per party (our server, the site's dnsmasq, clients, a relay).
+//! The DhcpServer runs in-process on a thread that has entered the server's namespace.
+//! Needs root (namespaces, port 67); otherwise each test prints SKIP and returns.
+
+mod common;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use common::*;
+use pxeforge_dhcp::wire::{self, opt};
+use pxeforge_dhcp::{DhcpConfig, DhcpMetrics, DhcpServer, DhcpSite, Mode};
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: DHCP namespace tests need root (network namespaces, port 67)");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIP: DHCP namespace tests need iproute2 (`ip`)");
+        return false;
+    }
+    true
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+    /// Runs `f` on a thread inside this namespace.
+    fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One L2 segment: a bridge in its own namespace, each node attached by a veth named eth0.
+struct Lab {
+    prefix: String,
+    nodes: Vec<Netns>,
+    switch: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix = format!(
+            "pxf-dhcp-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let switch = Netns::new(format!("{prefix}-sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        Lab {
+            prefix,
+            nodes: Vec::new(),
+            switch,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn node(&mut self, role: &str, cidr: Option<&str>, mac: Option<&str>) -> usize {
+        let ns = Netns::new(format!("{}-{role}", self.prefix));
+        let port = format!("p{}", self.nodes.len());
+        ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch.name,
+        ]);
+        if let Some(mac) = mac {
+            ns.ip(&["link", "set", "eth0", "address", mac]);
+        }
+        self.switch.ip(&["link", "set", &port, "master", "br0"]);
+        self.switch.ip(&["link", "set", &port, "up"]);
+        if let Some(cidr) = cidr {
+            ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        }
+        ns.ip(&["link", "set", "eth0", "up"]);
+        self.nodes.push(ns);
+        self.nodes.len() - 1
+    }
+
+    fn ns(&self, i: usize) -> &Netns {
+        &self.nodes[i]
+    }
+}
+
+/// A pxeforge DHCP server running in a namespace until dropped.
+struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    metrics: Arc<DhcpMetrics>,
+}
+
+impl Server {
+    fn start(ns: &Netns, mode: Mode, site: DhcpSite, lease_db: PathBuf) -> Server {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut config = DhcpConfig::new(mode, lease_db);
+                config.interface = Some("eth0".into());
+                let site = Arc::new(ArcSwap::from_pointee(site));
+                let server = DhcpServer::bind(config, site).await.unwrap();
+                let addrs = server.local_addrs();
+                assert!(
+                    addrs.iter().any(|a| a.port() == 67) && addrs.iter().any(|a| a.port() == 4011),
+                    "{addrs:?}"
+                );
+                ready_tx.send(server.metrics()).unwrap();
+                server
+                    .run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let metrics = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
+        Server {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            metrics,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A child process killed (by its own pid) when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `packet` from `bind` to `to` inside `ns`, and collects every DHCP reply for `wait`.
+fn exchange(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddrV4,
+    packet: Vec<u8>,
+    wait: Duration,
+) -> Vec<(SocketAddr, wire::Packet)> {
+    ns.enter(move || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(b"eth0")).unwrap();
+        s.bind(&SocketAddr::V4(bind).into()).unwrap();
+        let s: std::net::UdpSocket = s.into();
+        s.send_to(&packet, to).unwrap();
+        let deadline = Instant::now() + wait;
+        let mut replies = Vec::new();
+        let mut buf = [0u8; 1600];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match s.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if let Ok(p) = wire::decode(&buf[..n]) {
+                        replies.push((from, p));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        replies
+    })
+    .join()
+    .unwrap()
+}
+
+fn text(p: &wire::Packet, code: u8) -> Option<String> {
+    p.options
+        .get(code)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const DNSMASQ_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+#[test]
+fn proxy_beside_dnsmasq() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let dns = lab.node("dnsmasq", Some("10.0.0.2/24"), None);
+    let cli = lab.node("cli", None, Some("52:54:00:bb:00:07"));
+
+    // The site's own DHCP server: addresses only, no boot options.
+    let leases = lab.dir.path().join("dnsmasq.leases");
+    let _dnsmasq = Proc(
+        lab.ns(dns)
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--user=root",
+                "--dhcp-range=10.0.0.100,10.0.0.150,255.255.255.0,1h",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!(
+                "--pid-file={}",
+                lab.dir.path().join("dnsmasq.pid").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Proxy,
+        site(false),
+        lab.dir.path().join("leases.db"),
+    );
+
+    // EDK2's real PXE DISCOVER (broadcast flag set), from the client's MAC.
+    let mut discover = vector("ovmf-pxe-discover");
+    set_mac(&mut discover, mac("52:54:00:bb:00:07"));
+    let xid = u32::from_be_bytes(discover[4..8].try_into().unwrap());
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies = exchange(
+            lab.ns(cli),
+            client,
+            bcast,
+            discover.clone(),
+            Duration::from_secs(2),
+        );
+        if replies.iter().any(|(from, _)| from.ip() == DNSMASQ_IP)
+            && replies.iter().any(|(from, _)| from.ip() == SERVER_IP)
+        {
+            break;
+        }
+    }
+    let ours = replies
+        .iter()
+        .find(|(from, _)| from.ip() == SERVER_IP)
+        .map(|(_, p)| p)
+        .expect("no proxy offer");
+    let theirs = replies
+        .iter()
+        .find(|(from, _)| from.ip() == DNSMASQ_IP)
+        .map(|(_, p)| p)
+        .expect("no dnsmasq offer");
+
+    // dnsmasq gives the address, nothing to boot.
+    assert_eq!(theirs.msg_type(), Some(2));
+    assert!(theirs.yiaddr != Ipv4Addr::UNSPECIFIED);
+    assert!(theirs.options.get(opt::BOOTFILE).is_none());
+    // We give the boot file, no address, per the PXE specification.
+    assert_eq!(ours.xid, xid);
+    assert_eq!(ours.msg_type(), Some(2));
+    assert_eq!(ours.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(ours.siaddr, SERVER_IP);
+    assert_eq!(
+        ours.option_ip(opt::SERVER_ID),
+        Some(SERVER_IP),
+        "option 54 = the interface's address"
+    );
+    assert_eq!(text(ours, opt::VENDOR_CLASS).as_deref(), Some("PXEClient"));
+    assert_eq!(ours.options.get(opt::CLIENT_GUID), Some(&[0u8; 17][..]));
+    assert_eq!(text(ours, opt::BOOTFILE).as_deref(), Some("snponly.efi"));
+    assert_eq!(text(ours, opt::TFTP_SERVER).as_deref(), Some("10.0.0.1"));
+    assert_eq!(&ours.file[..11], b"snponly.efi");
+    assert_eq!(&ours.options.get(opt::VENDOR).unwrap()[..3], &[6, 1, 8]);
+    assert!(ours.options.get(opt::LEASE_TIME).is_none());
+
+    // With dnsmasq's address, the client asks us on 4011 and gets an ACK there.
+    let addr = theirs.yiaddr;
+    lab.ns(cli)
+        .ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    let mut request = vector("ovmf-pxe-request");
+    set_mac(&mut request, mac("52:54:00:bb:00:07"));
+    set_ip(&mut request, CIADDR, addr);
+    remove_option(&mut request, 50);
+    remove_option(&mut request, 54);
+    let acks = exchange(
+        lab.ns(cli),
+        SocketAddrV4::new(addr, 68),
+        SocketAddrV4::new(SERVER_IP, 4011),
+        request,
+        Duration::from_secs(2),
+    );
+    let (from, ack) = acks
+        .iter()
+        .find(|(from, _)| from.ip() == SERVER_IP)
+        .expect("no ACK from port 4011");
+    assert_eq!(from.port(), 4011);
+    assert_eq!(ack.msg_type(), Some(5));
+    assert_eq!(text(ack, opt::BOOTFILE).as_deref(), Some("snponly.efi"));
+
+    // A plain DHCP client is left to dnsmasq.
+    let plain = plain_client(mac("52:54:00:bb:00:08"), 1);
+    let mut plain = plain;
+    plain[10] = 0x80;
+    let replies = exchange(lab.ns(cli), client, bcast, plain, Duration::from_secs(2));
+    assert!(
+        replies.iter().all(|(from, _)| from.ip() != SERVER_IP),
+        "proxy answered a non-PXE client"
+    );
+
+    assert!(server.metrics.decisions("offer") >= 1);
+    assert!(server.metrics.decisions("ack") >= 1);
+    assert!(server.metrics.decisions("not_boot_client") >= 1);
+    let mut prom = String::new();
+    server.metrics.write_prometheus(&mut prom);
+    assert!(prom.contains("pxeforge_dhcp_decisions_total{mode=\"proxy\",message=\"discover\",firmware=\"efi-x64\",outcome=\"offer\"}"), "{prom}");
+}
+
+/// Runs busybox udhcpc in `ns`; returns the variables its script saw on `bound`.
+fn udhcpc(
+    ns: &Netns,
+    dir: &Path,
+    extra: &[&str],
+) -> Option<std::collections::HashMap<String, String>> {
+    let script = dir.join("udhcpc.sh");
+    let out = dir.join("udhcpc.env");
+    let _ = std::fs::remove_file(&out);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nfor v in ip subnet router dns domain hostname boot_file siaddr serverid lease; do eval echo \"$v=\\$$v\"; done > {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    run("chmod", &["+x", script.to_str().unwrap()]);
+    let status = ns
+        .command("busybox")
+        .args([
+            "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "4", "-T", "1", "-s",
+        ])
+        .arg(&script)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !status.success() {
+        return None;
+    }
+    let env = std::fs::read_to_string(&out).ok()?;
+    Some(
+        env.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn have_busybox() -> bool {
+    let ok = Command::new("busybox")
+        .arg("udhcpc")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIP: busybox (udhcpc) not installed");
+    }
+    ok
+}
+
+#[test]
+fn reservation_with_udhcpc_and_restart() {
+    if !can_run() || !have_busybox() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    // 52:54:00:aa:00:01 is node01 (10.0.0.11) in the test site.
+    let cli = lab.node("cli", None, Some("52:54:00:aa:00:01"));
+    let db = lab.dir.path().join("state/leases.db");
+    let dir = lab.dir.path().to_path_buf();
+
+    let server = Server::start(lab.ns(srv), Mode::Reservation, site(true), db.clone());
+    // A plain client: address, mask, router, DNS, domain, hostname; no boot file.
+    let env = udhcpc(lab.ns(cli), &dir, &[]).expect("udhcpc got no lease for the known host");
+    assert_eq!(env["ip"], "10.0.0.11");
+    assert_eq!(env["subnet"], "255.255.255.0");
+    assert_eq!(env["router"], "10.0.0.254");
+    assert_eq!(
+        env["dns"].split_whitespace().collect::<Vec<_>>(),
+        ["10.0.0.53", "10.0.0.54"]
+    );
+    assert_eq!(env["domain"], "lab.example");
+    assert_eq!(env["hostname"], "node01");
+    assert_eq!(env["serverid"], "10.0.0.1");
+    assert_eq!(env["lease"], "3600");
+    assert_eq!(env["boot_file"], "");
+    // The same host as a PXE client also gets its boot file.
+    let env = udhcpc(
+        lab.ns(cli),
+        &dir,
+        &["-V", "PXEClient:Arch:00000:UNDI:002001"],
+    )
+    .expect("no lease as PXE client");
+    assert_eq!(env["ip"], "10.0.0.11");
+    assert_eq!(env["boot_file"], "undionly.kpxe");
+    assert_eq!(env["siaddr"], "10.0.0.1");
+
+    // An unknown host gets a pool lease.
+    lab.ns(cli)
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:01:01"]);
+    let env = udhcpc(lab.ns(cli), &dir, &[]).expect("no pool lease");
+    assert_eq!(env["ip"], "10.0.0.100");
+    assert_eq!(env["router"], "10.0.0.1");
+    assert!(server.metrics.decisions("ack") >= 3);
+    drop(server);
+
+    // Restart: the lease is remembered, and not given to anyone else.
+    let server = Server::start(lab.ns(srv), Mode::Reservation, site(true), db.clone());
+    lab.ns(cli)
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:01:02"]);
+    let env = udhcpc(lab.ns(cli), &dir, &["-r", "10.0.0.100"])
+        .expect("no pool lease for the second client");
+    assert_eq!(
+        env["ip"], "10.0.0.101",
+        "10.0.0.100 is still leased to the first client"
+    );
+    lab.ns(cli)
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:01:01"]);
+    let env = udhcpc(lab.ns(cli), &dir, &[]).expect("no lease after restart");
+    assert_eq!(env["ip"], "10.0.0.100");
+    drop(server);
+
+    let leases = pxeforge_dhcp::leases::LeaseDb::open(&db)
+        .unwrap()
+        .all()
+        .unwrap();
+    let bound: Vec<_> = leases
+        .iter()
+        .map(|l| (l.ip.to_string(), l.mac.to_string()))
+        .collect();
+    assert!(
+        bound.contains(&("10.0.0.100".into(), "02:00:00:00:01:01".into())),
+        "{bound:?}"
+    );
+    assert!(
+        bound.contains(&("10.0.0.101".into(), "02:00:00:00:01:02".into())),
+        "{bound:?}"
+    );
+}
+
+#[test]
+fn relayed_request_answered_through_relay() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let relay = lab.node("relay", Some("10.0.0.9/24"), None);
+    let relay_ip = Ipv4Addr::new(10, 0, 0, 9);
+    for mode in [Mode::Reservation, Mode::Proxy] {
+        let server = Server::start(
+            lab.ns(srv),
+            mode,
+            site(false),
+            lab.dir.path().join("leases.db"),
+        );
+        // iPXE's DISCOVER as a relay forwards it: giaddr set, hops 1, unicast to the server.
+        let mut p = vector("bios-ipxe-discover");
+        set_ip(&mut p, GIADDR, relay_ip);
+        p[3] = 1;
+        let replies = exchange(
+            lab.ns(relay),
+            SocketAddrV4::new(relay_ip, 67),
+            SocketAddrV4::new(SERVER_IP, 67),
+            p,
+            Duration::from_secs(2),
+        );
+        assert_eq!(replies.len(), 1, "{mode:?}: {replies:?}");
+        let (from, reply) = &replies[0];
+        assert_eq!(*from, SocketAddr::V4(SocketAddrV4::new(SERVER_IP, 67)));
+        assert_eq!(reply.giaddr, relay_ip);
+        assert_eq!(reply.msg_type(), Some(2));
+        assert_eq!(
+            text(reply, opt::BOOTFILE).as_deref(),
+            Some("http://10.0.0.1:8080/boot.ipxe")
+        );
+        match mode {
+            Mode::Reservation => assert_eq!(reply.yiaddr, Ipv4Addr::new(10, 0, 0, 11)),
+            _ => assert_eq!(reply.yiaddr, Ipv4Addr::UNSPECIFIED),
+        }
+        drop(server);
+    }
+}
+
+#[test]
+fn hostile_packets_over_the_wire_are_dropped() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let cli = lab.node("cli", Some("10.0.0.50/24"), None);
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Proxy,
+        site(false),
+        lab.dir.path().join("leases.db"),
+    );
+    let good = vector("uefi-ipxe-discover");
+    let end = good.iter().rposition(|&b| b == 255).unwrap();
+    let mut wrong_hlen = good.clone();
+    wrong_hlen[2] = 20;
+    let mut loop_overload = good[..240].to_vec();
+    loop_overload.extend_from_slice(&[53, 1, 1, 52, 1, 1, 255]);
+    loop_overload[108..111].copy_from_slice(&[52, 1, 1]);
+    for bad in [
+        good[..end].to_vec(),
+        wrong_hlen,
+        loop_overload,
+        vec![1; 1500],
+        vec![0xff; 100],
+    ] {
+        let replies = exchange(
+            lab.ns(cli),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 68),
+            SocketAddrV4::new(SERVER_IP, 67),
+            bad,
+            Duration::from_millis(300),
+        );
+        assert!(replies.is_empty());
+    }
+    // Still alive and answering.
+    let replies = exchange(
+        lab.ns(cli),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        good,
+        Duration::from_secs(2),
+    );
+    assert_eq!(replies.len(), 1);
+    assert_eq!(server.metrics.malformed.load(Ordering::Relaxed), 5);
+}

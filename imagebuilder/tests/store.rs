@@ -1,0 +1,163 @@
+//! The store: skipping unchanged builds, reproducible rebuilds, verify, gc, and a killed build.
+
+mod common;
+use common::*;
+use pxeforge_imagebuilder as ib;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PROFILE: &str = "arch = \"x86_64\"\nfirmware = \"uefi\"\nconsole = \"ttyS0\"\n";
+const ALL: &str = "\"kernel\", \"initramfs\", \"squashfs\", \"tar\", \"ext4\", \"disk\", \"qcow2\"";
+
+#[test]
+fn second_build_skipped_and_forced_rebuild_byte_identical() {
+    let Some(_a) = assets() else { return };
+    let site = Site::new();
+    let p = site.profile("vm", PROFILE);
+    let extra = "[[user]]\nname = \"admin\"\nuid = 1000\ngid = 1000\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza test\"]\n";
+    site.write("images/all.toml", busybox_recipe("vm", ALL, "echo hi", extra));
+    let first = site.build("all", &p, false).unwrap();
+    assert!(!first.skipped);
+    let mut names: Vec<&str> = first.outputs.iter().map(|o| o.file.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["disk.qcow2", "disk.raw", "initramfs.img", "root.ext4", "root.squashfs", "root.tar.gz", "vmlinuz"]);
+    // The published directory checks out with the standard tool.
+    run_ok(Command::new("sha256sum").arg("-c").arg("--strict").arg("SHA256SUMS").current_dir(&first.dir));
+    let before = snapshot(&first.dir);
+
+    let second = site.build("all", &p, false).unwrap();
+    assert!(second.skipped, "unchanged inputs must not be rebuilt");
+    assert_eq!(second.id, first.id);
+    assert_eq!(snapshot(&first.dir), before, "a skipped build leaves the published files alone");
+
+    let forced = site.build("all", &p, true).unwrap();
+    assert!(!forced.skipped);
+    assert_eq!(forced.id, first.id);
+    for o in &first.outputs {
+        let a = before.iter().find(|(n, _)| n == &o.file).unwrap();
+        let b = ib::hashing::hash_file(&forced.dir.join(&o.file)).unwrap().1;
+        assert_eq!(a.1, b, "{} differs after a forced rebuild", o.file);
+        assert_eq!(o.sha256, b);
+    }
+    let listed = ib::store::list(&site.state());
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].is_current);
+
+    // Any change of an input is a new build id.
+    site.write("images/all.toml", busybox_recipe("vm", ALL, "echo changed", extra));
+    let changed = site.build("all", &p, false).unwrap();
+    assert_ne!(changed.id, first.id);
+    assert!(!changed.skipped);
+    let cur = ib::store::resolve(&site.state(), "all", "vm", "current").unwrap();
+    assert_eq!(cur, changed.dir);
+}
+
+#[test]
+fn verify_catches_a_flipped_byte_and_gc_keeps_current() {
+    let site = Site::new();
+    let p = site.profile("vm", PROFILE);
+    let recipe = |n: u32| {
+        format!("profiles = [\"vm\"]\noutputs = [\"tar\", \"initramfs\"]\n[base]\nscratch = true\n[[file]]\npath = \"/etc/motd\"\ncontents = \"build {n}\\n\"\n")
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        site.write("images/small.toml", recipe(n));
+        ids.push(site.build("small", &p, false).unwrap());
+        // built_at has a one-second resolution; gc orders by it.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert!(ib::store::verify(&site.state()).unwrap().is_empty());
+
+    let victim = ids[1].dir.join("root.tar.gz");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    let bad = ib::store::verify(&site.state()).unwrap();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0].path, victim);
+    assert!(bad[0].to_string().contains("root.tar.gz"), "{}", bad[0]);
+
+    // An unlisted file is reported too.
+    std::fs::write(ids[0].dir.join("extra"), b"x").unwrap();
+    assert_eq!(ib::store::verify(&site.state()).unwrap().len(), 2);
+
+    // gc --keep 1 keeps the newest (current) build only; the current one survives even keep 0.
+    let removed = ib::store::gc(&site.state(), 0).unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    let left = ib::store::list(&site.state());
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, ids[2].id);
+    assert!(left[0].is_current);
+}
+
+#[test]
+fn killed_build_leaves_no_trace() {
+    let site = Site::new();
+    site.profile("vm", PROFILE);
+    let p = ib::profile_layer_from_toml("vm", PROFILE).unwrap();
+    site.write("images/big.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\", \"tar\"]\n[base]\nscratch = true\n[[file]]\npath = \"/etc/motd\"\ncontents = \"one\\n\"\n");
+    let good = site.build("big", &p, false).unwrap();
+    let before = snapshot(&site.state().join("images/big"));
+
+    // A new build with a large incompressible file takes long enough to be killed mid-way.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let data: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    site.write("blob.bin", &data);
+    site.write("images/big.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\", \"tar\"]\n[base]\nscratch = true\n[[file]]\npath = \"/blob\"\nsource = \"blob.bin\"\n");
+
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().unwrap().parent().unwrap().join("examples/build");
+    assert!(example.is_file(), "{} (cargo test builds the examples)", example.display());
+    let mut child = Command::new(&example).arg(site.dir()).arg(site.state()).args(["big", "vm"]).spawn().unwrap();
+    let tmp = site.state().join("images/.tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partial = loop {
+        let found = std::fs::read_dir(&tmp).into_iter().flatten().flatten().find_map(|e| {
+            let f = e.path().join("out/initramfs.img");
+            std::fs::metadata(&f).ok().filter(|m| m.len() > 0).map(|_| f)
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "the build never started writing");
+        assert!(child.try_wait().unwrap().is_none(), "the build finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(partial.exists(), "the kill landed mid-way");
+
+    assert_eq!(snapshot(&site.state().join("images/big")), before, "published builds and current unchanged");
+    let listed = ib::store::list(&site.state());
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, good.id);
+    assert!(listed[0].is_current);
+    assert!(ib::store::verify(&site.state()).unwrap().is_empty());
+
+    // The dead build's scratch space is reclaimed by the next store operation.
+    ib::store::gc(&site.state(), 10).unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn store_limits_warn_about_memory() {
+    let site = Site::new();
+    let p = site.profile("small", "firmware = \"bios\"\nmemory_mib = 1\n");
+    site.write("blob.bin", vec![0u8; 3 << 20]);
+    site.write("images/fat.toml", "profiles = [\"small\"]\noutputs = [\"initramfs\"]\n[base]\nscratch = true\n[[file]]\npath = \"/blob\"\nsource = \"blob.bin\"\n");
+    site.build("fat", &p, false).unwrap();
+    let w = ib::check_store_limits(&site.state(), std::slice::from_ref(&p));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].severity, ib::Severity::Warning);
+    assert!(w[0].message.contains("memory_mib"), "{}", w[0].message);
+    let roomy = ib::profile_layer_from_toml("small", "firmware = \"bios\"\nmemory_mib = 64\n").unwrap();
+    assert!(ib::check_store_limits(&site.state(), &[roomy]).is_empty());
+}

@@ -1,0 +1,151 @@
+//! The HTTP side of the boot service: one handler per endpoint, the site behind an `ArcSwap`
+//! so that a reload never blocks or drops a request in flight.
+
+pub mod events;
+pub mod files;
+pub mod range;
+pub mod scripts;
+
+use crate::events::EventStore;
+use crate::metrics::Metrics;
+use crate::site::Site;
+use arc_swap::ArcSwap;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Something else that has metrics to show at `/metrics` (TFTP, DHCP).
+pub type MetricsWriter = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub site: Arc<ArcSwap<Site>>,
+    pub events: Arc<EventStore>,
+    pub metrics: Arc<Metrics>,
+    /// Resolved at startup: flags override the site's settings and stay fixed across reloads.
+    pub assets_dir: PathBuf,
+    pub tftp_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub base_url_override: Option<String>,
+    pub extra_metrics: Arc<Vec<MetricsWriter>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(scripts::bootstrap))
+        .route("/ipxe", get(scripts::host_script))
+        .route("/ks", get(scripts::kickstart_by_headers))
+        .route("/ks/{mac}", get(scripts::kickstart))
+        .route("/events", axum::routing::post(events::post_event))
+        .route("/api/hosts", get(events::api_hosts))
+        .route("/assets/{*path}", get(assets))
+        .route("/tftp/{*path}", get(tftp_files))
+        .route("/images/{recipe}/{profile}/{id}/{*file}", get(images))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and logs every request by its route pattern (bounded labels) and status.
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics.request(&route, status);
+    tracing::info!(
+        target: "pxeforge::http",
+        %method,
+        path = %uri.path(),
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// The URL hosts are told to come back to. With no configured base URL it is the Host the
+/// client used, so a server on several networks answers each with an address it can reach.
+pub fn base_url(st: &AppState, site: &Site, headers: &HeaderMap) -> String {
+    if let Some(b) = &st.base_url_override {
+        return b.clone();
+    }
+    if !site.settings.server.base_url.is_empty() {
+        return site.settings.server.base_url.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
+        });
+    match host {
+        Some(h) => format!("http://{h}"),
+        None => crate::render::offline_base_url(site),
+    }
+}
+
+async fn assets(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(&st.assets_dir, &path, &method, &headers, &st.metrics).await
+}
+
+async fn tftp_files(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(&st.tftp_root, &path, &method, &headers, &st.metrics).await
+}
+
+async fn images(
+    State(st): State<AppState>,
+    axum::extract::Path((recipe, profile, id, file)): axum::extract::Path<(String, String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    for part in [&recipe, &profile, &id] {
+        if part.is_empty() || part.starts_with('.') || part.contains(['/', '\\', '\0']) {
+            return (StatusCode::BAD_REQUEST, "bad image path\n").into_response();
+        }
+    }
+    // `current` is a symlink to a build id inside the same directory; confine() follows it
+    // and checks that it stays within the store.
+    let root = st.state_dir.join("images");
+    let rel = format!("{recipe}/{profile}/{id}/{file}");
+    files::serve(&root, &rel, &method, &headers, &st.metrics).await
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut out = String::new();
+    st.metrics.write_prometheus(&mut out);
+    for w in st.extra_metrics.iter() {
+        w(&mut out);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,113 @@
+//! The `pxeforge` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use pxeforge_server::{build_cmd, check, serve};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "pxeforge",
+    version,
+    about = "PXE/iPXE boot server and image builder for CentOS Stream fleets",
+    long_about = "pxeforge serves network boots (proxyDHCP or reservation DHCP, TFTP, HTTP iPXE scripts, \
+                  kickstarts, assets and images) from a site directory of TOML profiles and hosts, and \
+                  builds the images it serves."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the site: HTTP (scripts, kickstarts, assets, images, events), TFTP and DHCP
+    Serve {
+        /// Site directory (holds pxeforge.toml, profiles/, hosts/, templates/, kickstarts/)
+        #[arg(long, default_value = ".")]
+        site: PathBuf,
+        #[command(flatten)]
+        overrides: serve::Overrides,
+    },
+    /// Validate the whole site and render every template for every host; exit 1 on any error
+    Check {
+        /// Site directory
+        #[arg(long, default_value = ".")]
+        site: PathBuf,
+    },
+    /// Print what a host would be served (same code path as the server)
+    Render {
+        /// What to render
+        #[arg(value_enum)]
+        what: check::What,
+        /// The host's MAC address (any common spelling)
+        #[arg(long)]
+        mac: Option<String>,
+        /// iPXE platform the script is for (pcbios or efi); default from the profile's firmware
+        #[arg(long)]
+        platform: Option<String>,
+        /// Base URL to render with (default: server.base_url, or http://<server.http>)
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Site directory
+        #[arg(long, default_value = ".")]
+        site: PathBuf,
+    },
+    /// Build images (images/NAME.toml) for their hardware profiles and publish them atomically
+    Build(build_cmd::BuildArgs),
+    /// Inspect the image store: list, verify checksums, collect old builds
+    Images(build_cmd::ImagesArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PXEFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pxeforge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve { site, overrides } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(serve::run(site, overrides))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { site } => Ok(if check::check(&site) == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Render {
+            what,
+            mac,
+            platform,
+            base_url,
+            site,
+        } => {
+            let out = check::render_one(&site, what, mac.as_deref(), platform.as_deref(), base_url.as_deref())?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => {
+            build_cmd::build(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
+    }
+}

@@ -1,0 +1,107 @@
+//! Problems found while loading a site, each pinned to a file and line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Path relative to the site directory where possible, so messages read like `hosts/rack1.toml:12`.
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem concerns the file as a whole.
+    pub line: usize,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}: {kind}: {}",
+            self.file.display(),
+            self.line.max(1),
+            self.message
+        )
+    }
+}
+
+/// Collects diagnostics for one file and turns byte offsets into line numbers.
+pub struct FileDiags<'a> {
+    pub file: PathBuf,
+    text: &'a str,
+    pub out: Vec<Diagnostic>,
+}
+
+impl<'a> FileDiags<'a> {
+    pub fn new(site_dir: &Path, path: &Path, text: &'a str) -> Self {
+        let file = path.strip_prefix(site_dir).unwrap_or(path).to_path_buf();
+        FileDiags {
+            file,
+            text,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn line_of(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    pub fn error_at(&mut self, offset: usize, message: impl Into<String>) {
+        let line = self.line_of(offset);
+        self.push(line, Severity::Error, message);
+    }
+
+    pub fn warning_at(&mut self, offset: usize, message: impl Into<String>) {
+        let line = self.line_of(offset);
+        self.push(line, Severity::Warning, message);
+    }
+
+    pub fn push(&mut self, line: usize, severity: Severity, message: impl Into<String>) {
+        self.out.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+            severity,
+        });
+    }
+
+    /// A TOML syntax or schema error: toml reports a byte span and a multi-line message
+    /// with a caret drawing; keep only the sentence that says what is wrong.
+    pub fn toml_error(&mut self, e: &toml::de::Error) {
+        let line = e.span().map(|s| self.line_of(s.start)).unwrap_or(0);
+        self.push(line, Severity::Error, e.message().trim().to_string());
+    }
+}
+
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+pub fn has_errors(diags: &[Diagnostic]) -> bool {
+    diags.iter().any(|d| d.severity == Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_count_from_one() {
+        let t = "a\nb\nc";
+        assert_eq!(line_of(t, 0), 1);
+        assert_eq!(line_of(t, 2), 2);
+        assert_eq!(line_of(t, 4), 3);
+        assert_eq!(line_of(t, 400), 3);
+    }
+}

@@ -1,0 +1,187 @@
+//! Harness for the end-to-end tests: runs the real `pxeforge` binary and real clients.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root, which is also the example site.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `pxeforge` binary: `$PXEFORGE_BIN`, or the one cargo built beside this test binary.
+pub fn pxeforge_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PXEFORGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/pxeforge
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("pxeforge");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p pxeforge-server` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// True when `cmd` can be run; tests that need it print a SKIP line otherwise.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Copies the example site's definition (not its state) into `dst`, for tests that edit it.
+pub fn copy_example_site(dst: &Path) {
+    let root = repo_root();
+    for f in ["pxeforge.toml"] {
+        std::fs::copy(root.join(f), dst.join(f)).expect("copy pxeforge.toml");
+    }
+    for d in ["profiles", "hosts", "templates", "kickstarts", "images"] {
+        copy_dir(&root.join(d), &dst.join(d));
+    }
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    let Ok(rd) = std::fs::read_dir(src) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let t = dst.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else if p.is_file() {
+            std::fs::copy(&p, &t).expect("copy file");
+        }
+    }
+}
+
+/// A running `pxeforge serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub tftp: Option<SocketAddr>,
+    pub stdout: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `pxeforge serve --site SITE --http 127.0.0.1:0 ARGS...` and waits for `ready`.
+    pub fn start(site: &Path, args: &[&str]) -> Server {
+        let log = site.join("serve.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(pxeforge_bin());
+        cmd.arg("serve").arg("--site").arg(site);
+        if !args.iter().any(|a| *a == "--http") {
+            cmd.args(["--http", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env("PXEFORGE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(logf);
+        let mut child = cmd.spawn().expect("spawn pxeforge");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = Vec::new();
+        let (mut http, mut tftp) = (None, None);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("pxeforge: http listening on ") {
+                        http = a.trim().parse().ok();
+                    }
+                    if let Some(a) = line.strip_prefix("pxeforge: tftp listening on ") {
+                        tftp = a.trim().parse().ok();
+                    }
+                    let ready = line == "pxeforge: ready";
+                    stdout.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("pxeforge did not become ready; stdout: {stdout:?}\nlog:\n{log}");
+                }
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Server {
+            child,
+            http: http.expect("http address line"),
+            tftp,
+            stdout,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+    }
+
+    /// Polls the log until `needle` appears `count` times or 20 s pass.
+    pub fn wait_log(&self, needle: &str, count: usize) -> bool {
+        for _ in 0..200 {
+            if self.log_text().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `pxeforge ARGS...`, returning (exit code, stdout, stderr).
+pub fn pxeforge(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(pxeforge_bin()).args(args).output().expect("run pxeforge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

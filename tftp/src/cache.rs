@@ -1,0 +1,281 @@
+//! Small hot files (iPXE binaries, about 1 MB) are kept in memory and shared by every transfer;
+//! an entry is reloaded when the file's inode, size or modification time change. Larger files
+//! are streamed from disk with positioned reads.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::confine::Opened;
+
+/// What identifies one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl Stamp {
+    pub fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// Memory limits of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Files up to this size are held in memory.
+    pub max_file_size: u64,
+    /// Total bytes held; least recently used entries are dropped beyond it.
+    pub max_total: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_file_size: 8 << 20,
+            max_total: 128 << 20,
+        }
+    }
+}
+
+/// The bytes of a transfer.
+#[derive(Debug)]
+pub enum Content {
+    Memory(Arc<[u8]>),
+    File { file: File, size: u64 },
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Memory(data) => data.len() as u64,
+            Content::File { size, .. } => *size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `out` with the bytes at `offset`. A file that shrank while being served is an error.
+    pub fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        match self {
+            Content::Memory(data) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let src = start
+                    .checked_add(out.len())
+                    .and_then(|end| data.get(start..end))
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                out.copy_from_slice(src);
+                Ok(())
+            }
+            Content::File { file, .. } => file.read_exact_at(out, offset),
+        }
+    }
+}
+
+/// Where the bytes of a transfer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hit,
+    /// Read from disk and kept in memory.
+    Loaded,
+    Streamed,
+}
+
+/// Decides whether a file of `size` bytes is held in memory. Pure.
+pub fn should_cache(size: u64, limits: CacheLimits) -> bool {
+    size <= limits.max_file_size && size <= limits.max_total
+}
+
+struct Entry {
+    stamp: Stamp,
+    data: Arc<[u8]>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<PathBuf, Entry>,
+    total: u64,
+    clock: u64,
+}
+
+/// The memory cache, shared by all transfers.
+pub struct Cache {
+    limits: CacheLimits,
+    inner: Mutex<Inner>,
+}
+
+impl Cache {
+    pub fn new(limits: CacheLimits) -> Cache {
+        Cache {
+            limits,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Bytes currently held in memory.
+    pub fn bytes(&self) -> u64 {
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the content of an opened file, from memory when its stamp is unchanged.
+    /// Blocking (reads the file on a miss): call it off the async threads.
+    pub fn content(&self, opened: Opened) -> io::Result<(Content, Source)> {
+        let stamp = Stamp::of(&opened.metadata);
+        if !should_cache(stamp.size, self.limits) {
+            return Ok((
+                Content::File {
+                    file: opened.file,
+                    size: stamp.size,
+                },
+                Source::Streamed,
+            ));
+        }
+        {
+            let mut inner = self.lock();
+            inner.clock += 1;
+            let now = inner.clock;
+            if let Some(entry) = inner.entries.get_mut(&opened.path) {
+                if entry.stamp == stamp {
+                    entry.last_used = now;
+                    return Ok((Content::Memory(entry.data.clone()), Source::Hit));
+                }
+            }
+        }
+        // Read outside the lock so a slow disk does not serialise other opens.
+        let mut data = Vec::with_capacity(stamp.size as usize);
+        (&opened.file).take(stamp.size).read_to_end(&mut data)?;
+        let data: Arc<[u8]> = data.into();
+        // A file rewritten while being read is served as read but not kept.
+        let after = Stamp::of(&opened.file.metadata()?);
+        if after == stamp && data.len() as u64 == stamp.size {
+            self.insert(opened.path, stamp, data.clone());
+        }
+        Ok((Content::Memory(data), Source::Loaded))
+    }
+
+    fn insert(&self, path: PathBuf, stamp: Stamp, data: Arc<[u8]>) {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some(old) = inner.entries.remove(&path) {
+            inner.total -= old.data.len() as u64;
+        }
+        let size = data.len() as u64;
+        while inner.total + size > self.limits.max_total {
+            let Some(victim) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(p, _)| p.clone())
+            else {
+                break;
+            };
+            if let Some(old) = inner.entries.remove(&victim) {
+                inner.total -= old.data.len() as u64;
+            }
+        }
+        inner.total += size;
+        inner.entries.insert(
+            path,
+            Entry {
+                stamp,
+                data,
+                last_used: now,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::confine::open_confined;
+    use std::path::Path;
+
+    fn content(cache: &Cache, root: &Path, name: &str) -> (Vec<u8>, Source) {
+        let (c, src) = cache
+            .content(open_confined(root, Path::new(name)).unwrap())
+            .unwrap();
+        let mut buf = vec![0; c.len() as usize];
+        c.read_at(0, &mut buf).unwrap();
+        (buf, src)
+    }
+
+    #[test]
+    fn hit_then_refresh_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("a"), b"one").unwrap();
+        let cache = Cache::new(CacheLimits::default());
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"one".to_vec(), Source::Loaded)
+        );
+        assert_eq!(content(&cache, &root, "a"), (b"one".to_vec(), Source::Hit));
+        // Replaced by rename: new inode.
+        std::fs::write(root.join("a.new"), b"two").unwrap();
+        std::fs::rename(root.join("a.new"), root.join("a")).unwrap();
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"two".to_vec(), Source::Loaded)
+        );
+        // Rewritten in place with another size.
+        std::fs::write(root.join("a"), b"three").unwrap();
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"three".to_vec(), Source::Loaded)
+        );
+        assert_eq!(cache.bytes(), 5);
+    }
+
+    #[test]
+    fn large_files_stream_and_total_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for (name, len) in [("big", 100), ("m1", 40), ("m2", 40), ("m3", 40)] {
+            std::fs::write(root.join(name), vec![7u8; len]).unwrap();
+        }
+        let cache = Cache::new(CacheLimits {
+            max_file_size: 50,
+            max_total: 100,
+        });
+        assert_eq!(content(&cache, &root, "big").1, Source::Streamed);
+        for name in ["m1", "m2", "m3"] {
+            assert_eq!(content(&cache, &root, name).1, Source::Loaded);
+            assert!(cache.bytes() <= 100);
+        }
+        // m1 was the least recently used and made room for m3.
+        assert_eq!(content(&cache, &root, "m3").1, Source::Hit);
+        assert_eq!(content(&cache, &root, "m1").1, Source::Loaded);
+    }
+
+    #[test]
+    fn memory_read_past_end_is_an_error() {
+        let c = Content::Memory(Arc::from(&b"abc"[..]));
+        let mut buf = [0u8; 2];
+        assert!(c.read_at(2, &mut buf).is_err());
+        assert!(c.read_at(u64::MAX, &mut buf).is_err());
+        c.read_at(1, &mut buf).unwrap();
+        assert_eq!(&buf, b"bc");
+    }
+}

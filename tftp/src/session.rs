@@ -1,0 +1,323 @@
+//! One request on its own socket: resolve the file, negotiate, then drive the transfer state
+//! machine with real packets and timers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::time::{sleep_until, Instant as TokioInstant};
+use tracing::{debug, info, warn};
+
+use crate::cache::{Cache, Content, Source};
+use crate::confine::{check_name, open_confined, OpenError};
+use crate::metrics::{Ended, TftpMetrics};
+use crate::netascii;
+use crate::options::{negotiate, Limits};
+use crate::packet::{self, ErrorCode, Mode, Packet, RawOption};
+use crate::transfer::{Action, Event, Outcome, Params, Transfer};
+use crate::TftpConfig;
+
+/// A request copied out of the receive buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedRequest {
+    pub write: bool,
+    pub filename: Vec<u8>,
+    pub mode: Mode,
+    pub options: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What every session shares.
+pub(crate) struct Shared {
+    pub config: TftpConfig,
+    /// Canonical root.
+    pub root: PathBuf,
+    pub cache: Cache,
+    pub metrics: Arc<TftpMetrics>,
+}
+
+/// Keeps the active-transfer gauge right and records an outcome even when the task is aborted.
+pub(crate) struct ActiveGuard {
+    metrics: Arc<TftpMetrics>,
+    ended: Option<Ended>,
+}
+
+impl ActiveGuard {
+    pub fn new(metrics: Arc<TftpMetrics>) -> ActiveGuard {
+        metrics.transfer_started();
+        ActiveGuard {
+            metrics,
+            ended: None,
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.metrics.record(self.ended.unwrap_or(Ended::Aborted));
+        self.metrics.transfer_ended();
+    }
+}
+
+/// Serves one request from `socket`, which is bound to the address the request was sent to
+/// and connected to the client.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    socket: UdpSocket,
+    peer: SocketAddr,
+    request: OwnedRequest,
+    mut guard: ActiveGuard,
+) {
+    let name = String::from_utf8_lossy(&request.filename).into_owned();
+    guard.ended = Some(serve_inner(&shared, &socket, peer, &name, request).await);
+}
+
+async fn send_error(socket: &UdpSocket, code: ErrorCode, message: &str) {
+    // The client may be gone already; nothing more to do about a failed send.
+    let _ = socket.send(&packet::encode_error(code, message)).await;
+}
+
+async fn refuse(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    name: &str,
+    reason: &(dyn std::fmt::Display + Sync),
+) -> Ended {
+    warn!(client = %peer, path = %name, reason = %reason, "tftp: request refused");
+    send_error(socket, ErrorCode::AccessViolation, "access violation").await;
+    Ended::Refused
+}
+
+async fn serve_inner(
+    shared: &Arc<Shared>,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    name: &str,
+    request: OwnedRequest,
+) -> Ended {
+    if request.write {
+        warn!(client = %peer, path = %name, "tftp: write request refused");
+        send_error(
+            socket,
+            ErrorCode::AccessViolation,
+            "write requests are not accepted",
+        )
+        .await;
+        return Ended::WriteRefused;
+    }
+    let relative = match check_name(&request.filename) {
+        Ok(relative) => relative,
+        Err(refusal) => return refuse(socket, peer, name, &refusal).await,
+    };
+    let content = match load(shared, relative, request.mode).await {
+        Ok(content) => content,
+        Err(LoadError::Open(OpenError::NotFound)) => {
+            info!(client = %peer, path = %name, "tftp: file not found");
+            send_error(socket, ErrorCode::FileNotFound, "file not found").await;
+            return Ended::NotFound;
+        }
+        Err(LoadError::Open(OpenError::Refused(refusal))) => {
+            return refuse(socket, peer, name, &refusal).await
+        }
+        Err(LoadError::Open(OpenError::PermissionDenied)) => {
+            return refuse(socket, peer, name, &"permission denied").await
+        }
+        Err(err) => {
+            warn!(client = %peer, path = %name, error = %err, "tftp: cannot read file");
+            send_error(socket, ErrorCode::NotDefined, "cannot read file").await;
+            return Ended::IoError;
+        }
+    };
+
+    let raw: Vec<RawOption<'_>> = request
+        .options
+        .iter()
+        .map(|(n, v)| RawOption { name: n, value: v })
+        .collect();
+    let limits = Limits {
+        max_blksize: shared.config.max_blksize,
+        max_windowsize: shared.config.max_windowsize,
+    };
+    let negotiated = negotiate(&raw, Some(content.len()), limits);
+    let params = Params {
+        size: content.len(),
+        blksize: negotiated.blksize,
+        windowsize: negotiated.windowsize,
+        oack: !negotiated.oack.is_empty(),
+        max_retries: shared.config.max_retries,
+    };
+    let oack = packet::encode_oack(&negotiated.oack);
+    let timeout = negotiated.timeout.unwrap_or(shared.config.timeout);
+    debug!(client = %peer, path = %name, ?params, "tftp: transfer starting");
+
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let outcome = run(
+        socket,
+        &content,
+        params,
+        &oack,
+        timeout,
+        &shared.metrics,
+        &mut stats,
+    )
+    .await;
+    let ended = match outcome {
+        Ok(Outcome::Complete) => Ended::Complete,
+        Ok(Outcome::ClientAbort) => Ended::ClientAbort,
+        Ok(Outcome::Timeout) => Ended::Timeout,
+        Ok(Outcome::ProtocolError) => Ended::ProtocolError,
+        Err(ref err) => {
+            warn!(client = %peer, path = %name, error = %err, "tftp: transfer failed");
+            send_error(socket, ErrorCode::NotDefined, "read error").await;
+            Ended::IoError
+        }
+    };
+    info!(
+        client = %peer,
+        path = %name,
+        outcome = ended.as_str(),
+        size = content.len(),
+        bytes_sent = stats.bytes,
+        blocks_retransmitted = stats.retransmitted,
+        blksize = params.blksize,
+        windowsize = params.windowsize,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "tftp: transfer ended"
+    );
+    ended
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    #[error("file too large for netascii ({0} bytes)")]
+    TooLargeForNetascii(u64),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("file open task failed")]
+    Join,
+}
+
+/// Opens and reads on the blocking pool so that a slow disk never stalls the socket loops.
+async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Content, LoadError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let opened = open_confined(&shared.root, &relative)?;
+        let size = opened.metadata.len();
+        if mode == Mode::Netascii && size > shared.config.netascii_max_size {
+            return Err(LoadError::TooLargeForNetascii(size));
+        }
+        let (content, source) = shared.cache.content(opened)?;
+        shared
+            .metrics
+            .cache_lookup(source == Source::Hit, shared.cache.bytes());
+        if mode == Mode::Netascii {
+            let mut buf = vec![0u8; content.len() as usize];
+            content.read_at(0, &mut buf)?;
+            return Ok(Content::Memory(netascii::encode(&buf).into()));
+        }
+        Ok(content)
+    })
+    .await
+    .map_err(|_| LoadError::Join)?
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    bytes: u64,
+    retransmitted: u64,
+}
+
+async fn run(
+    socket: &UdpSocket,
+    content: &Content,
+    params: Params,
+    oack: &[u8],
+    timeout: Duration,
+    metrics: &TftpMetrics,
+    stats: &mut Stats,
+) -> std::io::Result<Outcome> {
+    let (mut transfer, mut action) = Transfer::start(params);
+    let mut out = vec![0u8; 4 + usize::from(params.blksize)];
+    let mut inbuf = [0u8; 1024];
+    let mut deadline = TokioInstant::now() + timeout;
+    loop {
+        match action {
+            Action::SendOack { .. } => {
+                socket.send(oack).await?;
+                deadline = TokioInstant::now() + timeout;
+            }
+            Action::SendBlocks {
+                first,
+                last,
+                retransmit,
+            } => {
+                for index in first..=last {
+                    let (offset, len) = transfer.block_range(index);
+                    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
+                    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
+                    content.read_at(offset, &mut out[4..4 + len])?;
+                    send_data(socket, &out[..4 + len]).await?;
+                    stats.bytes += len as u64;
+                    metrics.add_bytes_sent(len as u64);
+                }
+                if retransmit {
+                    let n = last + 1 - first;
+                    stats.retransmitted += n;
+                    metrics.add_retransmitted(n);
+                }
+                deadline = TokioInstant::now() + timeout;
+            }
+            // A duplicate ACK does not re-arm the timer, so a stream of them cannot keep a
+            // transfer alive forever.
+            Action::Wait => {}
+            Action::Fail {
+                code,
+                message,
+                outcome,
+            } => {
+                send_error(socket, code, message).await;
+                return Ok(outcome);
+            }
+            Action::Finish(outcome) => return Ok(outcome),
+        }
+        let event = tokio::select! {
+            received = socket.recv(&mut inbuf) => match received {
+                Ok(n) => match packet::parse(&inbuf[..n]) {
+                    Ok(Packet::Ack { block }) => Event::Ack(block),
+                    Ok(Packet::Error { .. }) => Event::ClientError,
+                    _ => Event::Unexpected,
+                },
+                // ICMP port unreachable: the client is gone, end at once.
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Event::ClientError,
+                Err(err) => return Err(err),
+            },
+            _ = sleep_until(deadline) => Event::Timeout,
+        };
+        action = transfer.on_event(event);
+    }
+}
+
+async fn send_data(socket: &UdpSocket, datagram: &[u8]) -> std::io::Result<()> {
+    match socket.send(datagram).await {
+        Ok(_) => Ok(()),
+        // The client vanished between two packets; the next recv reports it.
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Checks that `root` is a directory and returns it canonical.
+pub(crate) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
+    let canonical = root.canonicalize()?;
+    if !canonical.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "TFTP root is not a directory",
+        ));
+    }
+    Ok(canonical)
+}
