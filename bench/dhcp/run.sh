@@ -129,5 +129,5 @@ read -r p_eps _ p_d p_r _ _ <<<"${RESULT[pxeforge]}"
 for peer in dnsmasq kea; do
     read -r eps _ d r _ _ <<<"${RESULT[$peer]}"
     awk -v a="$p_eps" -v b="$eps" -v la="$p_r" -v lb="$r" -v peer="$peer" 'BEGIN {
-        printf "pxeforge / %-8s throughput x%.2f, ack latency x%.2f\n", peer, (b > 0 ? a / b : 0), (lb > 0 ? la / lb : 0) }'
+        printf "pxeforge / %-8s throughput x%.3g, ack latency x%.3g\n", peer, (b > 0 ? a / b : 0), (lb > 0 ? la / lb : 0) }'
 done

@@ -75,7 +75,10 @@ async fn main() {
         }
     };
     for addr in server.local_addrs() {
-        println!("dhcpd: {} listening on {addr} (interface {interface})", mode.name());
+        println!(
+            "dhcpd: {} listening on {addr} (interface {interface})",
+            mode.name()
+        );
     }
     println!("dhcpd: ready");
     let shutdown = async {

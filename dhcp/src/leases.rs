@@ -111,26 +111,24 @@ impl LeaseDb {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: Option<(u32, i64)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT ip, expires FROM leases WHERE mac = ?1 AND state != 'declined'
                  ORDER BY expires DESC LIMIT 1",
-                params![mac_blob(mac)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![mac_blob(mac)], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let hold = now + OFFER_HOLD_SECS;
         if let Some((ip, expires)) = current {
             let ip = Ipv4Addr::from(ip);
             if pool.contains(ip) && !site.is_reserved(ip) {
                 // A bound lease keeps its expiry; an offer is extended.
-                tx.execute(
-                    "UPDATE leases SET expires = ?2 WHERE ip = ?1",
-                    params![u32::from(ip), expires.max(hold)],
-                )?;
+                tx.prepare_cached("UPDATE leases SET expires = ?2 WHERE ip = ?1")?
+                    .execute(params![u32::from(ip), expires.max(hold)])?;
                 tx.commit()?;
                 return Ok(Some(ip));
             }
-            tx.execute("DELETE FROM leases WHERE ip = ?1", params![u32::from(ip)])?;
+            tx.prepare_cached("DELETE FROM leases WHERE ip = ?1")?
+                .execute(params![u32::from(ip)])?;
         }
         let choice = match requested.filter(|ip| pool.contains(*ip)) {
             Some(ip) if is_free(&tx, ip, site, now)? => Some(ip),
@@ -140,9 +138,7 @@ impl LeaseDb {
             tx.commit()?;
             return Ok(None);
         };
-        tx.execute(
-            "INSERT OR REPLACE INTO leases (ip, mac, state, expires) VALUES (?1, ?2, 'offered', ?3)",
-            params![u32::from(ip), mac_blob(mac), hold],
+        tx.prepare_cached("INSERT OR REPLACE INTO leases (ip, mac, state, expires) VALUES (?1, ?2, 'offered', ?3)")?.execute(params![u32::from(ip), mac_blob(mac), hold],
         )?;
         tx.commit()?;
         Ok(Some(ip))
@@ -166,11 +162,10 @@ impl LeaseDb {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let holder: Option<(Vec<u8>, String, i64)> = tx
-            .query_row(
-                "SELECT mac, state, expires FROM leases WHERE ip = ?1",
-                params![u32::from(ip)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .prepare_cached("SELECT mac, state, expires FROM leases WHERE ip = ?1")?
+            .query_row(params![u32::from(ip)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let ok = match holder {
             None => true,
@@ -185,13 +180,11 @@ impl LeaseDb {
         };
         if ok {
             // One address per client: drop whatever else it held.
-            tx.execute(
+            tx.prepare_cached(
                 "DELETE FROM leases WHERE mac = ?1 AND ip != ?2 AND state != 'declined'",
-                params![mac_blob(mac), u32::from(ip)],
-            )?;
-            tx.execute(
-                "INSERT OR REPLACE INTO leases (ip, mac, state, expires) VALUES (?1, ?2, 'bound', ?3)",
-                params![u32::from(ip), mac_blob(mac), now + i64::from(site.lease_time_secs)],
+            )?
+            .execute(params![mac_blob(mac), u32::from(ip)])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO leases (ip, mac, state, expires) VALUES (?1, ?2, 'bound', ?3)")?.execute(params![u32::from(ip), mac_blob(mac), now + i64::from(site.lease_time_secs)],
             )?;
         }
         tx.commit()?;
@@ -199,28 +192,35 @@ impl LeaseDb {
     }
 
     pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) -> Result<bool, LeaseError> {
-        let n = self.conn.execute(
-            "DELETE FROM leases WHERE ip = ?1 AND mac = ?2 AND state != 'declined'",
-            params![u32::from(ip), mac_blob(mac)],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM leases WHERE ip = ?1 AND mac = ?2 AND state != 'declined'",
+            )?
+            .execute(params![u32::from(ip), mac_blob(mac)])?;
         Ok(n > 0)
     }
 
     /// The client found `ip` in use: keep it out of the pool for a while.
     pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: i64) -> Result<bool, LeaseError> {
-        let n = self.conn.execute(
-            "UPDATE leases SET state = 'declined', expires = ?3 WHERE ip = ?1 AND mac = ?2",
-            params![u32::from(ip), mac_blob(mac), now + DECLINE_HOLD_SECS],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE leases SET state = 'declined', expires = ?3 WHERE ip = ?1 AND mac = ?2",
+            )?
+            .execute(params![
+                u32::from(ip),
+                mac_blob(mac),
+                now + DECLINE_HOLD_SECS
+            ])?;
         Ok(n > 0)
     }
 
     /// The client took another server's offer.
     pub fn forget_offer(&mut self, mac: Mac) -> Result<(), LeaseError> {
-        self.conn.execute(
-            "DELETE FROM leases WHERE mac = ?1 AND state = 'offered'",
-            params![mac_blob(mac)],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE mac = ?1 AND state = 'offered'")?
+            .execute(params![mac_blob(mac)])?;
         Ok(())
     }
 

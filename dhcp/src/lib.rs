@@ -39,7 +39,12 @@ pub fn process(
     lease: impl FnOnce(&ClientFacts, LeaseOp) -> LeaseOutcome,
 ) -> Result<(ClientFacts, Action), String> {
     let facts = parse_request(data)?;
-    let input = Input { facts: &facts, port, source, server_ip };
+    let input = Input {
+        facts: &facts,
+        port,
+        source,
+        server_ip,
+    };
     let op = decide::lease_op(&input, site, mode);
     let outcome = lease(&facts, op);
     let action = decide::decide(&input, site, mode, outcome);

@@ -314,17 +314,28 @@ fn handle(
         rx.local
     };
     if server_ip.is_unspecified() {
-        warn!(ifindex = rx.ifindex, "dhcp: no IPv4 address on the receiving interface; not answering");
+        warn!(
+            ifindex = rx.ifindex,
+            "dhcp: no IPv4 address on the receiving interface; not answering"
+        );
         return None;
     }
     let site = shared.site.load();
-    let processed = crate::process(data, port, rx.source, server_ip, &site, shared.mode, |f, op| {
-        apply_lease_op(shared, f, op, &site)
-    });
+    let processed = crate::process(
+        data,
+        port,
+        rx.source,
+        server_ip,
+        &site,
+        shared.mode,
+        |f, op| apply_lease_op(shared, f, op, &site),
+    );
     let (facts, action) = match processed {
         Ok(done) => done,
         Err(why) => {
-            metrics.malformed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             debug!(source = %rx.source, len = data.len(), %why, "dhcp: dropped malformed packet");
             return None;
         }

@@ -40,10 +40,22 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let req = ib::BuildRequest { site_dir: &site, state_dir: &state, recipe, profile: &profile, force, progress: &Log };
+    let req = ib::BuildRequest {
+        site_dir: &site,
+        state_dir: &state,
+        recipe,
+        profile: &profile,
+        force,
+        progress: &Log,
+    };
     match ib::build(req) {
         Ok(o) => {
-            println!("{} {} {}", if o.skipped { "skipped" } else { "built" }, o.id, o.dir.display());
+            println!(
+                "{} {} {}",
+                if o.skipped { "skipped" } else { "built" },
+                o.id,
+                o.dir.display()
+            );
             for f in o.outputs {
                 println!("{}  {}  {}", f.sha256, f.size, f.file);
             }

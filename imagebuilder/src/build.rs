@@ -9,7 +9,6 @@ use crate::{inputs, layers, source, ProfileLayer, Progress};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 pub struct BuildRequest<'a> {
     pub site_dir: &'a Path,
@@ -34,15 +33,30 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
     let recipe = req.recipe;
     let outputs = inputs::effective_outputs(recipe);
     if outputs.is_empty() {
-        return Err(BuildError::Recipe(format!("recipe {}: no known outputs", recipe.name)));
+        return Err(BuildError::Recipe(format!(
+            "recipe {}: no known outputs",
+            recipe.name
+        )));
     }
     if !store::valid_name(&recipe.name) || !store::valid_name(&req.profile.name) {
-        return Err(BuildError::Recipe(format!("recipe {:?} / profile {:?}: names may hold only letters, digits, - _ .", recipe.name, req.profile.name)));
+        return Err(BuildError::Recipe(format!(
+            "recipe {:?} / profile {:?}: names may hold only letters, digits, - _ .",
+            recipe.name, req.profile.name
+        )));
     }
     crate::tools::check_tools(&outputs)?;
     req.progress.stage("inputs");
     let tool_versions = crate::tools::versions(&outputs);
-    let (inputs, id) = inputs::collect(req.site_dir, recipe, req.profile, &tool_versions)?;
+    let mut cache = inputs::HashCache::load(req.state_dir);
+    let collected = inputs::collect(
+        req.site_dir,
+        recipe,
+        req.profile,
+        &tool_versions,
+        &mut cache,
+    );
+    cache.save();
+    let (inputs, id) = collected?;
 
     let images = store::images_dir(req.state_dir);
     let profile_dir = images.join(&recipe.name).join(&req.profile.name);
@@ -52,7 +66,12 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
         if let Ok(m) = store::read_manifest(&final_dir) {
             store::set_current(&profile_dir, &id).map_err(store_err)?;
             tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, "unchanged, skipped");
-            return Ok(BuildOutcome { id, dir: final_dir, skipped: true, outputs: m.outputs });
+            return Ok(BuildOutcome {
+                id,
+                dir: final_dir,
+                skipped: true,
+                outputs: m.outputs,
+            });
         }
     }
 
@@ -74,7 +93,13 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
     let epoch = recipe.source_date_epoch();
     let args = crate::kernel_args(recipe, req.profile);
     let mut published = Vec::new();
-    let dest = |o: Output| if recipe.wants(o) { out_dir.clone() } else { work.clone() };
+    let dest = |o: Output| {
+        if recipe.wants(o) {
+            out_dir.clone()
+        } else {
+            work.clone()
+        }
+    };
 
     let kernel_path = if outputs.contains(&Output::Kernel) {
         req.progress.stage("kernel");
@@ -94,13 +119,18 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
 
     let initramfs_path = if outputs.contains(&Output::Initramfs) {
         req.progress.stage("initramfs");
-        if !matches!(tree.get("init").map(|n| &n.kind), Some(Kind::File(_) | Kind::Symlink(_) | Kind::Hardlink(_))) {
+        if !matches!(
+            tree.get("init").map(|n| &n.kind),
+            Some(Kind::File(_) | Kind::Symlink(_) | Kind::Hardlink(..))
+        ) {
             tracing::warn!(recipe = %recipe.name, "the root has no /init: the initramfs will not boot by itself");
         }
         let path = dest(Output::Initramfs).join("initramfs.img");
         let comp = recipe.spec.initramfs.compression;
         let f = write_output(&path, Output::Initramfs, |w| {
-            let n = compressed(w, comp, |cw| crate::cpio::write_cpio(&tree, epoch, cw, req.progress))?;
+            let n = crate::compress::compressed(w, comp, |cw| {
+                crate::cpio::write_cpio(&tree, epoch, cw, req.progress)
+            })?;
             Ok(Some(n))
         })?;
         if recipe.wants(Output::Initramfs) {
@@ -120,7 +150,9 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
             Compression::None => "root.tar",
         };
         published.push(write_output(&out_dir.join(name), Output::Tar, |w| {
-            compressed(w, comp, |cw| crate::tarout::write_tar(&tree, epoch, cw, req.progress).map(|_| 0))?;
+            crate::compress::compressed(w, comp, |cw| {
+                crate::tarout::write_tar(&tree, epoch, cw, req.progress).map(|_| 0)
+            })?;
             Ok(None)
         })?);
     }
@@ -134,13 +166,27 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
     if outputs.contains(&Output::Squashfs) {
         req.progress.stage("squashfs");
         let p = out_dir.join("root.squashfs");
-        crate::squashfs::build(&tree, &p, epoch, recipe.spec.squashfs.compression, req.progress)?;
+        crate::squashfs::build(
+            &tree,
+            &p,
+            epoch,
+            recipe.spec.squashfs.compression,
+            req.progress,
+        )?;
         published.push(tool_output(&p, Output::Squashfs)?);
     }
     let ext4_path = if outputs.contains(&Output::Ext4) {
         req.progress.stage("ext4");
         let p = dest(Output::Ext4).join("root.ext4");
-        crate::ext4::build(&tree, &staged, &work, &p, &id, epoch, crate::ext4::size_for(&tree))?;
+        crate::ext4::build(
+            &tree,
+            &staged,
+            &work,
+            &p,
+            &id,
+            epoch,
+            crate::ext4::size_for(&tree),
+        )?;
         if recipe.wants(Output::Ext4) {
             published.push(tool_output(&p, Output::Ext4)?);
         }
@@ -167,12 +213,23 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
             };
             let (size, sha256) = crate::disk::build(&parts, &id, epoch, &work, &p)?;
             if recipe.wants(Output::Disk) {
-                published.push(OutputFile { name: "disk".into(), file: "disk.raw".into(), size, sha256, uncompressed_size: None });
+                published.push(OutputFile {
+                    name: "disk".into(),
+                    file: "disk.raw".into(),
+                    size,
+                    sha256,
+                    uncompressed_size: None,
+                });
             }
             if outputs.contains(&Output::Qcow2) {
                 req.progress.stage("qcow2");
                 let q = out_dir.join("disk.qcow2");
-                crate::tools::run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&p).arg(&q))?;
+                crate::tools::run(
+                    crate::tools::cmd("qemu-img")
+                        .args(["convert", "-f", "raw", "-O", "qcow2"])
+                        .arg(&p)
+                        .arg(&q),
+                )?;
                 published.push(tool_output(&q, Output::Qcow2)?);
             }
         }
@@ -195,13 +252,17 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
         tools: tool_versions,
         outputs: published.clone(),
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Recipe(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Recipe(e.to_string()))?;
     let m = write_output(&out_dir.join(store::MANIFEST), Output::Kernel, |w| {
         w.write_all(&json)?;
         w.write_all(b"\n")?;
         Ok(None)
     })?;
-    let mut sums: Vec<(String, String)> = published.iter().map(|o| (o.sha256.clone(), o.file.clone())).collect();
+    let mut sums: Vec<(String, String)> = published
+        .iter()
+        .map(|o| (o.sha256.clone(), o.file.clone()))
+        .collect();
     sums.push((m.sha256, store::MANIFEST.to_string()));
     let sums_path = out_dir.join(store::SUMS);
     write_output(&sums_path, Output::Kernel, |w| {
@@ -214,14 +275,22 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
     if final_dir.exists() {
         // A forced rebuild of a published id: swap both directories in one step, then drop the old.
         exchange(&out_dir, &final_dir).map_err(BuildError::io(&final_dir))?;
-    } else {
-        std::fs::rename(&out_dir, &final_dir).map_err(BuildError::io(&final_dir))?;
+    } else if let Err(e) = std::fs::rename(&out_dir, &final_dir) {
+        // Another build of the same inputs published first: its outputs are the same bytes.
+        if store::read_manifest(&final_dir).is_err() {
+            return Err(BuildError::io(&final_dir)(e));
+        }
     }
     store::sync_dir(&profile_dir);
     store::set_current(&profile_dir, &id).map_err(store_err)?;
     drop(tmp);
     tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, "published");
-    Ok(BuildOutcome { id, dir: final_dir, skipped: false, outputs: published })
+    Ok(BuildOutcome {
+        id,
+        dir: final_dir,
+        skipped: false,
+        outputs: published,
+    })
 }
 
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
@@ -229,7 +298,15 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
     let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: both are valid NUL-terminated paths.
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {
@@ -238,38 +315,69 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 }
 
 /// Composes the root: base, recipe layers, profile layer.
-pub fn compose(site: &Path, recipe: &Recipe, profile: &ProfileLayer, work: &Path) -> Result<Tree, BuildError> {
+pub fn compose(
+    site: &Path,
+    recipe: &Recipe,
+    profile: &ProfileLayer,
+    work: &Path,
+) -> Result<Tree, BuildError> {
     let mut tree = Tree::new();
     let base = recipe.spec.base.get_ref();
     let mut spool = source::Spool::new(work.join("spool"))?;
     if let Some(d) = &base.dir {
-        source::read_dir_base(&mut tree, &layers::site_path(site, d.get_ref())?, base.owner)?;
+        source::read_dir_base(
+            &mut tree,
+            &layers::site_path(site, d.get_ref())?,
+            base.owner,
+        )?;
     } else if let Some(t) = &base.tarball {
         let p = layers::site_path(site, t.get_ref())?;
-        source::apply_tar(&mut tree, source::open_decompressed(&p)?, &p, &mut spool, false)?;
+        source::apply_tar(
+            &mut tree,
+            source::open_decompressed(&p)?,
+            &p,
+            &mut spool,
+            false,
+        )?;
     } else if let Some(o) = &base.oci {
         let layout = layers::site_path(site, o.get_ref())?;
         for layer in source::oci_layers(&layout, base.oci_ref.as_deref())? {
-            source::apply_tar(&mut tree, source::open_decompressed(&layer)?, &layer, &mut spool, true)?;
+            source::apply_tar(
+                &mut tree,
+                source::open_decompressed(&layer)?,
+                &layer,
+                &mut spool,
+                true,
+            )?;
         }
     } else if !base.scratch {
-        return Err(BuildError::Recipe("[base] needs one of dir, tarball, oci, scratch".into()));
+        return Err(BuildError::Recipe(
+            "[base] needs one of dir, tarball, oci, scratch".into(),
+        ));
     }
     layers::apply_recipe(&mut tree, site, recipe)?;
     layers::apply_profile(&mut tree, site, profile)?;
+    tree.fix_hardlinks();
     Ok(tree)
 }
 
 /// The kernel: named in the recipe, or the only one under /boot, or under /usr/lib/modules/*/.
-pub fn find_kernel(site: &Path, recipe: &Recipe, tree: &Tree) -> Result<crate::tree::Content, BuildError> {
+pub fn find_kernel(
+    site: &Path,
+    recipe: &Recipe,
+    tree: &Tree,
+) -> Result<crate::tree::Content, BuildError> {
     let as_file = |path: &str| -> Option<crate::tree::Content> {
         let p = tree.resolve(path)?;
         match tree.get(&p) {
-            Some(Node { kind: Kind::File(c), .. }) => Some(c.clone()),
-            Some(Node { kind: Kind::Hardlink(t), .. }) => match tree.get(t) {
-                Some(Node { kind: Kind::File(c), .. }) => Some(c.clone()),
-                _ => None,
-            },
+            Some(Node {
+                kind: Kind::File(c),
+                ..
+            }) => Some(c.clone()),
+            Some(Node {
+                kind: Kind::Hardlink(_, c),
+                ..
+            }) => Some(c.clone()),
             _ => None,
         }
     };
@@ -281,16 +389,21 @@ pub fn find_kernel(site: &Path, recipe: &Recipe, tree: &Tree) -> Result<crate::t
             return Ok(crate::tree::Content::Host { path: p, size });
         }
         if let Some(p) = &k.path {
-            return as_file(p).ok_or_else(|| BuildError::Recipe(format!("[kernel] path {p:?} is not a file in the image")));
+            return as_file(p).ok_or_else(|| {
+                BuildError::Recipe(format!("[kernel] path {p:?} is not a file in the image"))
+            });
         }
     }
     let mut found: Vec<String> = tree
         .entries
         .keys()
         .filter(|k| {
-            let in_boot = k.strip_prefix("boot/").is_some_and(|n| n == "vmlinuz" || (n.starts_with("vmlinuz-") && !n.contains('/')));
+            let in_boot = k
+                .strip_prefix("boot/")
+                .is_some_and(|n| n == "vmlinuz" || (n.starts_with("vmlinuz-") && !n.contains('/')));
             let in_modules = ["usr/lib/modules/", "lib/modules/"].iter().any(|pre| {
-                k.strip_prefix(pre).is_some_and(|rest| rest.split('/').count() == 2 && rest.ends_with("/vmlinuz"))
+                k.strip_prefix(pre)
+                    .is_some_and(|rest| rest.split('/').count() == 2 && rest.ends_with("/vmlinuz"))
             });
             in_boot || in_modules
         })
@@ -299,9 +412,15 @@ pub fn find_kernel(site: &Path, recipe: &Recipe, tree: &Tree) -> Result<crate::t
     found.sort();
     found.dedup();
     match found.as_slice() {
-        [one] => as_file(one).ok_or_else(|| BuildError::Recipe(format!("kernel {one:?} is not a regular file"))),
-        [] => Err(BuildError::Recipe("no kernel in /boot or /usr/lib/modules/*/vmlinuz: name one in [kernel]".into())),
-        many => Err(BuildError::Recipe(format!("several kernels ({}): name one with [kernel] path", many.join(", ")))),
+        [one] => as_file(one)
+            .ok_or_else(|| BuildError::Recipe(format!("kernel {one:?} is not a regular file"))),
+        [] => Err(BuildError::Recipe(
+            "no kernel in /boot or /usr/lib/modules/*/vmlinuz: name one in [kernel]".into(),
+        )),
+        many => Err(BuildError::Recipe(format!(
+            "several kernels ({}): name one with [kernel] path",
+            many.join(", ")
+        ))),
     }
 }
 
@@ -315,35 +434,35 @@ fn write_output(
     let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let uncompressed = f(&mut w).map_err(BuildError::io(path))?;
     let (buf, size, sha256) = w.finish();
-    let file = buf.into_inner().map_err(|e| BuildError::io(path)(e.into_error()))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| BuildError::io(path)(e.into_error()))?;
     file.sync_all().map_err(BuildError::io(path))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(OutputFile { name: kind.name().into(), file: name, size, sha256, uncompressed_size: uncompressed })
-}
-
-/// Runs `f` on a compressing writer over `w`; returns what `f` returned.
-fn compressed<W: Write>(w: &mut W, comp: Compression, f: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>) -> std::io::Result<u64> {
-    match comp {
-        Compression::None => f(w),
-        Compression::Gzip => {
-            let mut e = flate2::GzBuilder::new().mtime(0).write(w, flate2::Compression::default());
-            let n = f(&mut e)?;
-            e.finish()?;
-            Ok(n)
-        }
-        Compression::Zstd => {
-            let mut e = zstd::stream::write::Encoder::new(w, 9)?;
-            e.include_checksum(true)?;
-            let n = f(&mut e)?;
-            e.finish()?;
-            Ok(n)
-        }
-    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(OutputFile {
+        name: kind.name().into(),
+        file: name,
+        size,
+        sha256,
+        uncompressed_size: uncompressed,
+    })
 }
 
 /// Describes a file a standard tool wrote (hashed once as it is described).
 fn tool_output(path: &Path, kind: Output) -> Result<OutputFile, BuildError> {
     let (size, sha256) = crate::hashing::hash_file(path).map_err(BuildError::io(path))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(OutputFile { name: kind.name().into(), file: name, size, sha256, uncompressed_size: None })
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(OutputFile {
+        name: kind.name().into(),
+        file: name,
+        size,
+        sha256,
+        uncompressed_size: None,
+    })
 }

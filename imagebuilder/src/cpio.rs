@@ -34,11 +34,19 @@ fn write_header<W: Write + ?Sized>(w: &mut W, h: &Header) -> io::Result<()> {
 }
 
 fn too_big(name: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: larger than 4 GiB, cpio newc cannot hold it"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}: larger than 4 GiB, cpio newc cannot hold it"),
+    )
 }
 
 /// Writes the whole tree as an uncompressed newc archive; returns the archive's length.
-pub fn write_cpio<W: Write + ?Sized>(tree: &Tree, mtime: u64, w: &mut W, progress: &dyn Progress) -> io::Result<u64> {
+pub fn write_cpio<W: Write + ?Sized>(
+    tree: &Tree,
+    mtime: u64,
+    w: &mut W,
+    progress: &dyn Progress,
+) -> io::Result<u64> {
     let total = tree.content_size();
     let mut done = 0u64;
     let mut out = CountingWriter { inner: w, n: 0 };
@@ -46,7 +54,16 @@ pub fn write_cpio<W: Write + ?Sized>(tree: &Tree, mtime: u64, w: &mut W, progres
     for (ino, (path, node)) in tree.entries.iter().enumerate() {
         let name = if path.is_empty() { "." } else { path.as_str() };
         let mode = node.type_bits() | node.mode;
-        let mut h = Header { ino: ino as u32 + 1, mode, uid: node.uid, gid: node.gid, mtime, size: 0, rdev: (0, 0), name };
+        let mut h = Header {
+            ino: ino as u32 + 1,
+            mode,
+            uid: node.uid,
+            gid: node.gid,
+            mtime,
+            size: 0,
+            rdev: (0, 0),
+            name,
+        };
         match &node.kind {
             Kind::Dir | Kind::Fifo => write_header(&mut out, &h)?,
             Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
@@ -59,22 +76,17 @@ pub fn write_cpio<W: Write + ?Sized>(tree: &Tree, mtime: u64, w: &mut W, progres
                 out.write_all(t.as_bytes())?;
                 pad4(&mut out, t.len() as u64)?;
             }
-            Kind::File(_) | Kind::Hardlink(_) => {
-                // Hard links are written as copies: the kernel's unpacker and every reader accept that.
-                let content = match &node.kind {
-                    Kind::Hardlink(t) => match tree.get(t).map(|n| &n.kind) {
-                        Some(Kind::File(c)) => c,
-                        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{path}: dangling hard link"))),
-                    },
-                    Kind::File(c) => c,
-                    _ => unreachable!("matched above"),
-                };
+            // Hard links are written as copies: the kernel's unpacker and every reader accept that.
+            Kind::File(content) | Kind::Hardlink(_, content) => {
                 let size = content.size();
                 h.size = u32::try_from(size).map_err(|_| too_big(path))?;
                 write_header(&mut out, &h)?;
                 let copied = io::copy(&mut content.open()?, &mut out)?;
                 if copied != size {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{path}: source changed size during the build")));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{path}: source changed size during the build"),
+                    ));
                 }
                 pad4(&mut out, size)?;
                 done += size;
@@ -82,7 +94,16 @@ pub fn write_cpio<W: Write + ?Sized>(tree: &Tree, mtime: u64, w: &mut W, progres
             }
         }
     }
-    let trailer = Header { ino: 0, mode: 0, uid: 0, gid: 0, mtime: 0, size: 0, rdev: (0, 0), name: "TRAILER!!!" };
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        size: 0,
+        rdev: (0, 0),
+        name: "TRAILER!!!",
+    };
     write_header(&mut out, &trailer)?;
     Ok(out.n)
 }
@@ -111,8 +132,26 @@ mod tests {
     #[test]
     fn device_and_file_entries() {
         let mut t = Tree::new();
-        t.insert("dev/console".into(), Node { kind: Kind::Char(5, 1), mode: 0o600, uid: 0, gid: 5 }).unwrap();
-        t.insert("init".into(), Node { kind: Kind::File(Content::Inline(b"hi".to_vec())), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+        t.insert(
+            "dev/console".into(),
+            Node {
+                kind: Kind::Char(5, 1),
+                mode: 0o600,
+                uid: 0,
+                gid: 5,
+            },
+        )
+        .unwrap();
+        t.insert(
+            "init".into(),
+            Node {
+                kind: Kind::File(Content::Inline(b"hi".to_vec())),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .unwrap();
         let mut v = Vec::new();
         let n = write_cpio(&t, 7, &mut v, &crate::NoProgress).unwrap();
         assert_eq!(n as usize, v.len());

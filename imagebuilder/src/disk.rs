@@ -10,7 +10,6 @@ use crate::hashing::HashingWriter;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 /// FAT cannot store times before 1980; mtools gets at least this.
@@ -32,7 +31,9 @@ pub fn startup_nsh(kernel_args: &[String], root_partuuid: &str) -> String {
         line.push(' ');
         line.push_str(a);
     }
-    line.push_str(&format!(" root=PARTUUID={root_partuuid} initrd=\\initramfs.img"));
+    line.push_str(&format!(
+        " root=PARTUUID={root_partuuid} initrd=\\initramfs.img"
+    ));
     format!("@echo -off\r\nfs0:\r\n{line}\r\n")
 }
 
@@ -41,13 +42,28 @@ pub fn root_partuuid(id: &str) -> String {
 }
 
 /// Builds the raw disk into `out`; returns (size, sha256).
-pub fn build(parts: &DiskParts, id: &str, mtime: u64, work: &Path, out: &Path) -> Result<(u64, String), BuildError> {
-    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(BuildError::io(p));
+pub fn build(
+    parts: &DiskParts,
+    id: &str,
+    mtime: u64,
+    work: &Path,
+    out: &Path,
+) -> Result<(u64, String), BuildError> {
+    let len = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(BuildError::io(p))
+    };
     let kernel_len = len(parts.kernel)?;
     let initrd_len = len(parts.initramfs)?;
     let root_len = len(parts.root_ext4)?;
     // FAT32 (what the UEFI specification asks of an ESP) needs at least 65525 clusters: 64 MiB minimum.
-    let esp_mib = if parts.esp_mib > 0 { parts.esp_mib } else { (kernel_len + initrd_len).div_ceil(MIB) + 16 }.max(64);
+    let esp_mib = if parts.esp_mib > 0 {
+        parts.esp_mib
+    } else {
+        (kernel_len + initrd_len).div_ceil(MIB) + 16
+    }
+    .max(64);
     let root_mib = root_len.div_ceil(MIB);
     let min_mib = 1 + esp_mib + root_mib + 1;
     let total_mib = parts.size_mib.max(min_mib);
@@ -58,7 +74,7 @@ pub fn build(parts: &DiskParts, id: &str, mtime: u64, work: &Path, out: &Path) -
     let fat_time = mtime.max(FAT_EPOCH_MIN).to_string();
     let vol_id = &uuid_from(id, "esp-volume-id").replace('-', "")[..8];
     crate::tools::run(
-        Command::new("mkfs.vfat")
+        crate::tools::cmd("mkfs.vfat")
             .args(["-C", "--invariant", "-F", "32", "-n", "ESP", "-i", vol_id])
             .arg(&esp)
             .arg((esp_mib * 1024).to_string())
@@ -66,11 +82,16 @@ pub fn build(parts: &DiskParts, id: &str, mtime: u64, work: &Path, out: &Path) -
     )?;
     let nsh = work.join("startup.nsh");
     let partuuid = root_partuuid(id);
-    std::fs::write(&nsh, startup_nsh(parts.kernel_args, &partuuid)).map_err(BuildError::io(&nsh))?;
-    let files: [(&Path, &str); 3] = [(parts.kernel, "::/vmlinuz.efi"), (parts.initramfs, "::/initramfs.img"), (&nsh, "::/startup.nsh")];
+    std::fs::write(&nsh, startup_nsh(parts.kernel_args, &partuuid))
+        .map_err(BuildError::io(&nsh))?;
+    let files: [(&Path, &str); 3] = [
+        (parts.kernel, "::/vmlinuz.efi"),
+        (parts.initramfs, "::/initramfs.img"),
+        (&nsh, "::/startup.nsh"),
+    ];
     for (src, dst) in files {
         crate::tools::run(
-            Command::new("mcopy")
+            crate::tools::cmd("mcopy")
                 .arg("-i")
                 .arg(&esp)
                 .arg(src)
@@ -88,12 +109,15 @@ pub fn build(parts: &DiskParts, id: &str, mtime: u64, work: &Path, out: &Path) -
     let esp_start = 2048u64; // sectors
     let root_start = esp_start + esp_mib * 2048;
     crate::tools::run(
-        Command::new("sgdisk")
+        crate::tools::cmd("sgdisk")
             .arg(format!("--disk-guid={}", uuid_from(id, "disk-guid")))
             .arg(format!("--new=1:{esp_start}:+{esp_mib}M"))
             .arg("--typecode=1:ef00")
             .arg("--change-name=1:ESP")
-            .arg(format!("--partition-guid=1:{}", uuid_from(id, "esp-partition")))
+            .arg(format!(
+                "--partition-guid=1:{}",
+                uuid_from(id, "esp-partition")
+            ))
             .arg(format!("--new=2:{root_start}:+{root_mib}M"))
             .arg("--typecode=2:8304")
             .arg("--change-name=2:root")
@@ -104,7 +128,11 @@ pub fn build(parts: &DiskParts, id: &str, mtime: u64, work: &Path, out: &Path) -
     // Assemble: table regions from gpt.img, partitions from their images.
     let regions: Vec<(u64, u64, PathBuf)> = vec![
         (esp_start * 512, esp_mib * MIB, esp.clone()),
-        (root_start * 512, root_mib * MIB, parts.root_ext4.to_path_buf()),
+        (
+            root_start * 512,
+            root_mib * MIB,
+            parts.root_ext4.to_path_buf(),
+        ),
     ];
     let file = File::create(out).map_err(BuildError::io(out))?;
     let mut w = HashingWriter::new(SparseWriter { f: file, pos: 0 });

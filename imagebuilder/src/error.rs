@@ -13,7 +13,10 @@ pub enum BuildError {
     #[error("{0}")]
     Recipe(String),
     #[error("{source_path}: {message}")]
-    Source { source_path: PathBuf, message: String },
+    Source {
+        source_path: PathBuf,
+        message: String,
+    },
     #[error(transparent)]
     MissingTool(#[from] crate::tools::MissingTool),
     #[error("{tool} failed ({status}): {stderr}")]

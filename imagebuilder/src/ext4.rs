@@ -6,7 +6,6 @@ use crate::error::BuildError;
 use crate::tree::{Kind, Tree};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 /// A UUID string made from 16 bytes of a hex id (fixed per build id and purpose).
 pub fn uuid_from(id: &str, salt: &str) -> String {
@@ -17,7 +16,14 @@ pub fn uuid_from(id: &str, salt: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout, so tools accept it
     b[8] = (b[8] & 0x3f) | 0x80;
     let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 /// Bytes an ext4 image of this tree needs, with headroom; a whole number of MiB.
@@ -45,11 +51,21 @@ pub fn debugfs_script(tree: &Tree, mtime: u64) -> Result<String, BuildError> {
     let mut s = String::new();
     for (path, node) in &tree.entries {
         if path.contains(['"', '\n']) {
-            return Err(BuildError::Entry { entry: path.clone(), reason: "ext4 output cannot carry names with '\"' or newlines".into() });
+            return Err(BuildError::Entry {
+                entry: path.clone(),
+                reason: "ext4 output cannot carry names with '\"' or newlines".into(),
+            });
         }
-        let p = if path.is_empty() { "\"/\"".to_string() } else { q(path) };
+        let p = if path.is_empty() {
+            "\"/\"".to_string()
+        } else {
+            q(path)
+        };
         // debugfs's mknod creates in its working directory, so go there first.
-        let (dir, name) = (crate::tree::parent(path), path.rsplit('/').next().unwrap_or(path));
+        let (dir, name) = (
+            crate::tree::parent(path),
+            path.rsplit('/').next().unwrap_or(path),
+        );
         let spec = match &node.kind {
             Kind::Char(ma, mi) => Some(format!("c {ma} {mi}")),
             Kind::Block(ma, mi) => Some(format!("b {ma} {mi}")),
@@ -71,7 +87,15 @@ pub fn debugfs_script(tree: &Tree, mtime: u64) -> Result<String, BuildError> {
     Ok(s)
 }
 
-pub fn build(tree: &Tree, staged: &Path, work: &Path, out: &Path, id: &str, mtime: u64, size: u64) -> Result<(), BuildError> {
+pub fn build(
+    tree: &Tree,
+    staged: &Path,
+    work: &Path,
+    out: &Path,
+    id: &str,
+    mtime: u64,
+    size: u64,
+) -> Result<(), BuildError> {
     let f = std::fs::File::create(out).map_err(BuildError::io(out))?;
     f.set_len(size).map_err(BuildError::io(out))?;
     drop(f);
@@ -80,10 +104,14 @@ pub fn build(tree: &Tree, staged: &Path, work: &Path, out: &Path, id: &str, mtim
     let t = mtime.to_string();
     let inodes = (tree.entries.len() as u64 + 1024).to_string();
     crate::tools::run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096", "-N", &inodes, "-L", "root", "-U", &uuid])
+        crate::tools::cmd("mkfs.ext4")
+            .args([
+                "-q", "-F", "-b", "4096", "-N", &inodes, "-L", "root", "-U", &uuid,
+            ])
             .arg("-E")
-            .arg(format!("hash_seed={seed},root_owner=0:0,lazy_itable_init=0,nodiscard"))
+            .arg(format!(
+                "hash_seed={seed},root_owner=0:0,lazy_itable_init=0,nodiscard"
+            ))
             .arg("-d")
             .arg(staged)
             .arg(out)
@@ -93,7 +121,7 @@ pub fn build(tree: &Tree, staged: &Path, work: &Path, out: &Path, id: &str, mtim
     let script = work.join("ext4.debugfs");
     std::fs::write(&script, debugfs_script(tree, mtime)?).map_err(BuildError::io(&script))?;
     // debugfs exits 0 even when a command fails; its complaints on stderr are the errors.
-    let o = Command::new("debugfs")
+    let o = crate::tools::cmd("debugfs")
         .arg("-w")
         .arg("-f")
         .arg(&script)
@@ -103,12 +131,20 @@ pub fn build(tree: &Tree, staged: &Path, work: &Path, out: &Path, id: &str, mtim
         .output()
         .map_err(BuildError::io("debugfs"))?;
     let stderr = String::from_utf8_lossy(&o.stderr);
-    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
     if !o.status.success() || !errors.is_empty() {
         return Err(BuildError::Tool {
             tool: "debugfs".into(),
             status: o.status.to_string(),
-            stderr: errors.iter().take(20).copied().collect::<Vec<_>>().join("\n"),
+            stderr: errors
+                .iter()
+                .take(20)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     }
     Ok(())

@@ -11,7 +11,11 @@ pub struct HashingWriter<W: Write> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -20,7 +24,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// The inner writer, the byte count and the hex sha256 of everything written.
     pub fn finish(self) -> (W, u64, String) {
-        (self.inner, self.written, hex::encode(self.hasher.finalize()))
+        (
+            self.inner,
+            self.written,
+            hex::encode(self.hasher.finalize()),
+        )
     }
 }
 
@@ -68,6 +76,9 @@ mod tests {
         w.write_all(b"abc").unwrap();
         let (v, n, h) = w.finish();
         assert_eq!((v.len(), n), (3, 3));
-        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            h,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

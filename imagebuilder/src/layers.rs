@@ -7,7 +7,10 @@ use crate::ProfileLayer;
 use std::path::Path;
 
 fn norm(p: &str) -> Result<String, BuildError> {
-    normalize(p).map_err(|reason| BuildError::Entry { entry: p.to_string(), reason })
+    normalize(p).map_err(|reason| BuildError::Entry {
+        entry: p.to_string(),
+        reason,
+    })
 }
 
 /// Resolves a site-relative path; a path that leaves the site is an error.
@@ -19,16 +22,24 @@ pub fn site_path(site: &Path, rel: &str) -> Result<std::path::PathBuf, BuildErro
 /// Copies a site directory into the tree at `dest`: owned 0:0, modes normalized as git records them.
 pub fn apply_site_tree(tree: &mut Tree, dir: &Path, dest: &str) -> Result<(), BuildError> {
     let dest = norm(dest)?;
-    for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| BuildError::source(dir, e.to_string()))?;
-        let rel = entry.path().strip_prefix(dir).map_err(|e| BuildError::source(dir, e.to_string()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .map_err(|e| BuildError::source(dir, e.to_string()))?;
         let rel = rel.to_string_lossy();
         let path = match (dest.is_empty(), rel.is_empty()) {
             (_, true) => dest.clone(),
             (true, false) => rel.to_string(),
             (false, false) => format!("{dest}/{rel}"),
         };
-        let md = entry.metadata().map_err(|e| BuildError::source(entry.path(), e.to_string()))?;
+        let md = entry
+            .metadata()
+            .map_err(|e| BuildError::source(entry.path(), e.to_string()))?;
         let ft = md.file_type();
         let node = if ft.is_dir() {
             if rel.is_empty() && tree.get(&path).is_some_and(|n| matches!(n.kind, Kind::Dir)) {
@@ -39,14 +50,29 @@ pub fn apply_site_tree(tree: &mut Tree, dir: &Path, dest: &str) -> Result<(), Bu
             let t = std::fs::read_link(entry.path()).map_err(BuildError::io(entry.path()))?;
             let t = t.to_string_lossy().into_owned();
             if !crate::tree::link_stays_inside(&path, &t) {
-                return Err(BuildError::Entry { entry: path, reason: format!("symlink to {t:?} leads out of the root") });
+                return Err(BuildError::Entry {
+                    entry: path,
+                    reason: format!("symlink to {t:?} leads out of the root"),
+                });
             }
-            Node { kind: Kind::Symlink(t), mode: 0o777, uid: 0, gid: 0 }
+            Node {
+                kind: Kind::Symlink(t),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            }
         } else if ft.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let mode = if md.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if md.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             Node {
-                kind: Kind::File(Content::Host { path: entry.path().to_path_buf(), size: md.len() }),
+                kind: Kind::File(Content::Host {
+                    path: entry.path().to_path_buf(),
+                    size: md.len(),
+                }),
                 mode,
                 uid: 0,
                 gid: 0,
@@ -54,7 +80,8 @@ pub fn apply_site_tree(tree: &mut Tree, dir: &Path, dest: &str) -> Result<(), Bu
         } else {
             return Err(BuildError::Entry {
                 entry: entry.path().display().to_string(),
-                reason: "site trees hold only directories, files and symlinks; use [[device]]".into(),
+                reason: "site trees hold only directories, files and symlinks; use [[device]]"
+                    .into(),
             });
         };
         tree.insert(path, node)?;
@@ -78,7 +105,10 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
             (None, Some(s)) => {
                 let p = site_path(site, s)?;
                 let md = std::fs::metadata(&p).map_err(BuildError::io(&p))?;
-                Content::Host { path: p, size: md.len() }
+                Content::Host {
+                    path: p,
+                    size: md.len(),
+                }
             }
             _ => {
                 return Err(BuildError::Recipe(format!(
@@ -87,23 +117,55 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
                 )))
             }
         };
-        tree.insert(norm(&f.path)?, Node { kind: Kind::File(content), mode: f.mode & 0o7777, uid: f.uid, gid: f.gid })?;
+        tree.insert(
+            norm(&f.path)?,
+            Node {
+                kind: Kind::File(content),
+                mode: f.mode & 0o7777,
+                uid: f.uid,
+                gid: f.gid,
+            },
+        )?;
     }
     for s in &spec.symlink {
         let path = norm(&s.path)?;
         if !crate::tree::link_stays_inside(&path, &s.target) {
-            return Err(BuildError::Entry { entry: s.path.clone(), reason: "symlink leads out of the root".into() });
+            return Err(BuildError::Entry {
+                entry: s.path.clone(),
+                reason: "symlink leads out of the root".into(),
+            });
         }
-        tree.insert(path, Node { kind: Kind::Symlink(s.target.clone()), mode: 0o777, uid: s.uid, gid: s.gid })?;
+        tree.insert(
+            path,
+            Node {
+                kind: Kind::Symlink(s.target.clone()),
+                mode: 0o777,
+                uid: s.uid,
+                gid: s.gid,
+            },
+        )?;
     }
     for d in &spec.device {
         let d = d.get_ref();
         let kind = match d.kind.as_str() {
             "c" => Kind::Char(d.major, d.minor),
             "b" => Kind::Block(d.major, d.minor),
-            k => return Err(BuildError::Recipe(format!("[[device]] {}: kind {k:?} is not c or b", d.path))),
+            k => {
+                return Err(BuildError::Recipe(format!(
+                    "[[device]] {}: kind {k:?} is not c or b",
+                    d.path
+                )))
+            }
         };
-        tree.insert(norm(&d.path)?, Node { kind, mode: d.mode & 0o7777, uid: d.uid, gid: d.gid })?;
+        tree.insert(
+            norm(&d.path)?,
+            Node {
+                kind,
+                mode: d.mode & 0o7777,
+                uid: d.uid,
+                gid: d.gid,
+            },
+        )?;
     }
     for u in &spec.user {
         add_user(tree, u.get_ref())?;
@@ -114,16 +176,42 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
     Ok(())
 }
 
-pub fn apply_profile(tree: &mut Tree, site: &Path, profile: &ProfileLayer) -> Result<(), BuildError> {
+pub fn apply_profile(
+    tree: &mut Tree,
+    site: &Path,
+    profile: &ProfileLayer,
+) -> Result<(), BuildError> {
     if let Some(dir) = &profile.layer_dir {
-        let p = if dir.is_absolute() { dir.clone() } else { site.join(dir) };
+        let p = if dir.is_absolute() {
+            dir.clone()
+        } else {
+            site.join(dir)
+        };
         apply_site_tree(tree, &p, "/")?;
     }
     for f in &profile.firmware_files {
-        let p = if f.is_absolute() { f.clone() } else { site.join(f) };
+        let p = if f.is_absolute() {
+            f.clone()
+        } else {
+            site.join(f)
+        };
         let md = std::fs::metadata(&p).map_err(BuildError::io(&p))?;
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        tree.insert(format!("lib/firmware/{name}"), Node { kind: Kind::File(Content::Host { path: p, size: md.len() }), mode: 0o644, uid: 0, gid: 0 })?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tree.insert(
+            format!("lib/firmware/{name}"),
+            Node {
+                kind: Kind::File(Content::Host {
+                    path: p,
+                    size: md.len(),
+                }),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        )?;
     }
     if !profile.drivers.is_empty() {
         let mut s = String::from("# drivers of profile ");
@@ -133,22 +221,43 @@ pub fn apply_profile(tree: &mut Tree, site: &Path, profile: &ProfileLayer) -> Re
             s.push_str(d);
             s.push('\n');
         }
-        tree.insert("etc/modules-load.d/pxeforge.conf".into(), file_node(s.into_bytes(), 0o644))?;
+        tree.insert(
+            "etc/modules-load.d/pxeforge.conf".into(),
+            file_node(s.into_bytes(), 0o644),
+        )?;
     }
     Ok(())
 }
 
 fn file_node(bytes: Vec<u8>, mode: u32) -> Node {
-    Node { kind: Kind::File(Content::Inline(bytes)), mode, uid: 0, gid: 0 }
+    Node {
+        kind: Kind::File(Content::Inline(bytes)),
+        mode,
+        uid: 0,
+        gid: 0,
+    }
 }
 
 fn read_text(tree: &Tree, path: &str) -> Result<(String, u32, u32, u32), BuildError> {
     match tree.get(path) {
-        Some(Node { kind: Kind::File(c), mode, uid, gid }) => {
+        Some(Node {
+            kind: Kind::File(c),
+            mode,
+            uid,
+            gid,
+        }) => {
             let bytes = c.read_all().map_err(BuildError::io(path))?;
-            Ok((String::from_utf8_lossy(&bytes).into_owned(), *mode, *uid, *gid))
+            Ok((
+                String::from_utf8_lossy(&bytes).into_owned(),
+                *mode,
+                *uid,
+                *gid,
+            ))
         }
-        Some(_) => Err(BuildError::Entry { entry: path.into(), reason: "not a regular file".into() }),
+        Some(_) => Err(BuildError::Entry {
+            entry: path.into(),
+            reason: "not a regular file".into(),
+        }),
         None => Ok((String::new(), 0, 0, 0)),
     }
 }
@@ -176,7 +285,13 @@ fn upsert_line(text: &str, name: &str, line: &str) -> String {
     out
 }
 
-fn write_back(tree: &mut Tree, path: &str, text: String, (mode, uid, gid): (u32, u32, u32), default_mode: u32) -> Result<(), BuildError> {
+fn write_back(
+    tree: &mut Tree,
+    path: &str,
+    text: String,
+    (mode, uid, gid): (u32, u32, u32),
+    default_mode: u32,
+) -> Result<(), BuildError> {
     let existed = tree.get(path).is_some();
     let node = Node {
         kind: Kind::File(Content::Inline(text.into_bytes())),
@@ -189,29 +304,53 @@ fn write_back(tree: &mut Tree, path: &str, text: String, (mode, uid, gid): (u32,
 
 pub fn add_user(tree: &mut Tree, u: &crate::recipe::User) -> Result<(), BuildError> {
     if u.name.is_empty() || u.name.contains([':', '\n', '/']) {
-        return Err(BuildError::Recipe(format!("[[user]] bad name {:?}", u.name)));
+        return Err(BuildError::Recipe(format!(
+            "[[user]] bad name {:?}",
+            u.name
+        )));
     }
-    let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+    let home = u
+        .home
+        .clone()
+        .unwrap_or_else(|| format!("/home/{}", u.name));
     let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
     let hash = u.password_hash.clone().unwrap_or_else(|| "!".into());
     for f in [&home, &shell, &hash] {
         if f.contains([':', '\n']) {
-            return Err(BuildError::Recipe(format!("[[user]] {}: field {f:?} holds ':' or a newline", u.name)));
+            return Err(BuildError::Recipe(format!(
+                "[[user]] {}: field {f:?} holds ':' or a newline",
+                u.name
+            )));
         }
     }
 
     let (passwd, m, pu, pg) = read_text(tree, "etc/passwd")?;
     let line = format!("{}:x:{}:{}::{}:{}", u.name, u.uid, u.gid, home, shell);
-    write_back(tree, "etc/passwd", upsert_line(&passwd, &u.name, &line), (m, pu, pg), 0o644)?;
+    write_back(
+        tree,
+        "etc/passwd",
+        upsert_line(&passwd, &u.name, &line),
+        (m, pu, pg),
+        0o644,
+    )?;
 
     let (shadow, m, su, sg) = read_text(tree, "etc/shadow")?;
     let line = format!("{}:{}:0:0:99999:7:::", u.name, hash);
-    write_back(tree, "etc/shadow", upsert_line(&shadow, &u.name, &line), (m, su, sg), 0o600)?;
+    write_back(
+        tree,
+        "etc/shadow",
+        upsert_line(&shadow, &u.name, &line),
+        (m, su, sg),
+        0o600,
+    )?;
 
     let (group, m, gu, gg) = read_text(tree, "etc/group")?;
     let mut group = group;
     let gid_str = u.gid.to_string();
-    if !group.lines().any(|l| l.split(':').nth(2) == Some(gid_str.as_str())) {
+    if !group
+        .lines()
+        .any(|l| l.split(':').nth(2) == Some(gid_str.as_str()))
+    {
         group = upsert_line(&group, &u.name, &format!("{}:x:{}:", u.name, u.gid));
     }
     for g in &u.groups {
@@ -225,14 +364,23 @@ pub fn add_user(tree: &mut Tree, u: &crate::recipe::User) -> Result<(), BuildErr
                 if !members.contains(&u.name.as_str()) {
                     members.push(&u.name);
                 }
-                out.push_str(&format!("{}:{}:{}:{}\n", f[0], f[1], f[2], members.join(",")));
+                out.push_str(&format!(
+                    "{}:{}:{}:{}\n",
+                    f[0],
+                    f[1],
+                    f[2],
+                    members.join(",")
+                ));
             } else {
                 out.push_str(l);
                 out.push('\n');
             }
         }
         if !found {
-            return Err(BuildError::Recipe(format!("[[user]] {}: group {g:?} is not in /etc/group", u.name)));
+            return Err(BuildError::Recipe(format!(
+                "[[user]] {}: group {g:?} is not in /etc/group",
+                u.name
+            )));
         }
         group = out;
     }
@@ -246,13 +394,22 @@ pub fn add_user(tree: &mut Tree, u: &crate::recipe::User) -> Result<(), BuildErr
         keys.push('\n');
         tree.insert(
             format!("{home_n}/.ssh/authorized_keys"),
-            Node { kind: Kind::File(Content::Inline(keys.into_bytes())), mode: 0o600, uid: u.uid, gid: u.gid },
+            Node {
+                kind: Kind::File(Content::Inline(keys.into_bytes())),
+                mode: 0o600,
+                uid: u.uid,
+                gid: u.gid,
+            },
         )?;
     }
     Ok(())
 }
 
-const UNIT_DIRS: [&str; 3] = ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+const UNIT_DIRS: [&str; 3] = [
+    "etc/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
 
 /// Targets named by `WantedBy=` / `RequiredBy=` in a unit's `[Install]` section.
 pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
@@ -283,24 +440,36 @@ pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
 
 pub fn enable_unit(tree: &mut Tree, unit: &str) -> Result<(), BuildError> {
     if unit.contains('/') || unit.is_empty() {
-        return Err(BuildError::Recipe(format!("unit {unit:?}: not a unit name")));
+        return Err(BuildError::Recipe(format!(
+            "unit {unit:?}: not a unit name"
+        )));
     }
     let found = UNIT_DIRS.iter().find_map(|d| {
         let p = format!("{d}/{unit}");
         tree.resolve(&p).map(|r| (p, r))
     });
     let Some((unit_path, resolved)) = found else {
-        return Err(BuildError::Recipe(format!("unit {unit:?} is not in the image ({})", UNIT_DIRS.join(", "))));
+        return Err(BuildError::Recipe(format!(
+            "unit {unit:?} is not in the image ({})",
+            UNIT_DIRS.join(", ")
+        )));
     };
     let (text, ..) = read_text(tree, &resolved)?;
     let targets = install_targets(&text);
     if targets.is_empty() {
-        return Err(BuildError::Recipe(format!("unit {unit:?} has no [Install] WantedBy=/RequiredBy=")));
+        return Err(BuildError::Recipe(format!(
+            "unit {unit:?} has no [Install] WantedBy=/RequiredBy="
+        )));
     }
     for (t, suffix) in targets {
         tree.insert(
             format!("etc/systemd/system/{t}{suffix}/{unit}"),
-            Node { kind: Kind::Symlink(format!("/{unit_path}")), mode: 0o777, uid: 0, gid: 0 },
+            Node {
+                kind: Kind::Symlink(format!("/{unit_path}")),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
         )?;
     }
     Ok(())
@@ -320,17 +489,40 @@ mod tests {
     #[test]
     fn user_added_and_replaced() {
         let mut tree = Tree::new();
-        tree.insert("etc/passwd".into(), file_node(b"root:x:0:0::/root:/bin/sh\nadmin:x:5:5::/x:/bin/false\n".to_vec(), 0o644)).unwrap();
-        tree.insert("etc/group".into(), file_node(b"root:x:0:\nwheel:x:10:root\n".to_vec(), 0o644)).unwrap();
+        tree.insert(
+            "etc/passwd".into(),
+            file_node(
+                b"root:x:0:0::/root:/bin/sh\nadmin:x:5:5::/x:/bin/false\n".to_vec(),
+                0o644,
+            ),
+        )
+        .unwrap();
+        tree.insert(
+            "etc/group".into(),
+            file_node(b"root:x:0:\nwheel:x:10:root\n".to_vec(), 0o644),
+        )
+        .unwrap();
         let u = crate::recipe::User {
-            name: "admin".into(), uid: 1000, gid: 1000, home: None, shell: None, password_hash: None,
-            groups: vec!["wheel".into()], ssh_authorized_keys: vec!["ssh-ed25519 AAA k".into()],
+            name: "admin".into(),
+            uid: 1000,
+            gid: 1000,
+            home: None,
+            shell: None,
+            password_hash: None,
+            groups: vec!["wheel".into()],
+            ssh_authorized_keys: vec!["ssh-ed25519 AAA k".into()],
         };
         add_user(&mut tree, &u).unwrap();
         let (p, ..) = read_text(&tree, "etc/passwd").unwrap();
-        assert_eq!(p, "root:x:0:0::/root:/bin/sh\nadmin:x:1000:1000::/home/admin:/bin/sh\n");
+        assert_eq!(
+            p,
+            "root:x:0:0::/root:/bin/sh\nadmin:x:1000:1000::/home/admin:/bin/sh\n"
+        );
         let (g, ..) = read_text(&tree, "etc/group").unwrap();
-        assert!(g.contains("wheel:x:10:root,admin\n") && g.contains("admin:x:1000:\n"), "{g}");
+        assert!(
+            g.contains("wheel:x:10:root,admin\n") && g.contains("admin:x:1000:\n"),
+            "{g}"
+        );
         let ak = tree.get("home/admin/.ssh/authorized_keys").unwrap();
         assert_eq!((ak.mode, ak.uid), (0o600, 1000));
         assert_eq!(tree.get("etc/shadow").unwrap().mode, 0o600);

@@ -4,6 +4,7 @@
 
 mod build;
 pub mod check;
+pub mod compress;
 pub mod cpio;
 pub mod disk;
 mod error;
@@ -47,7 +48,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(file: &Path, line: usize, message: String) -> Diagnostic {
-        Diagnostic { file: file.to_path_buf(), line, message, severity: Severity::Error }
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            message,
+            severity: Severity::Error,
+        }
     }
 }
 
@@ -57,7 +63,13 @@ impl std::fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}: {sev}: {}", self.file.display(), self.line, self.message)
+        write!(
+            f,
+            "{}:{}: {sev}: {}",
+            self.file.display(),
+            self.line,
+            self.message
+        )
     }
 }
 
@@ -112,18 +124,28 @@ pub fn profile_layer_from_toml(name: &str, text: &str) -> Result<ProfileLayer, S
     let list = |k: &str| -> Vec<String> {
         v.get(k)
             .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Ok(ProfileLayer {
         name: name.to_string(),
         arch: s("arch").unwrap_or_else(|| "x86_64".into()),
         firmware: s("firmware").unwrap_or_else(|| "bios".into()),
-        memory_mib: v.get("memory_mib").and_then(|x| x.as_integer()).and_then(|x| u64::try_from(x).ok()),
+        memory_mib: v
+            .get("memory_mib")
+            .and_then(|x| x.as_integer())
+            .and_then(|x| u64::try_from(x).ok()),
         console: s("console"),
         kernel_args: list("kernel_args"),
         drivers: list("drivers"),
-        firmware_files: list("firmware_files").into_iter().map(PathBuf::from).collect(),
+        firmware_files: list("firmware_files")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         layer_dir: s("layer").map(PathBuf::from),
     })
 }

@@ -60,7 +60,10 @@ impl Recipe {
     }
 
     pub fn wants(&self, output: Output) -> bool {
-        self.spec.outputs.iter().any(|o| o.get_ref() == output.name())
+        self.spec
+            .outputs
+            .iter()
+            .any(|o| o.get_ref() == output.name())
     }
 }
 
@@ -332,7 +335,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line() {
-        let raw = b"profiles = [\"a\"]\noutputs = [\"tar\"]\nbogus = 1\n[base]\nscratch = true\n".to_vec();
+        let raw = b"profiles = [\"a\"]\noutputs = [\"tar\"]\nbogus = 1\n[base]\nscratch = true\n"
+            .to_vec();
         let d = Recipe::parse(Path::new("images/x.toml"), raw).unwrap_err();
         assert_eq!(d.line, 3, "{d:?}");
         assert!(d.message.contains("bogus"), "{}", d.message);
@@ -340,11 +344,15 @@ mod tests {
 
     #[test]
     fn parses_worked_example() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RECIPES.md")).unwrap();
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RECIPES.md")).unwrap();
         let start = doc.find("# images/busybox.toml").unwrap();
         let end = start + doc[start..].find("```").unwrap();
-        let r = Recipe::parse(Path::new("images/busybox.toml"), doc[start..end].as_bytes().to_vec())
-            .unwrap();
+        let r = Recipe::parse(
+            Path::new("images/busybox.toml"),
+            doc.as_bytes()[start..end].to_vec(),
+        )
+        .unwrap();
         assert_eq!(r.name, "busybox");
         assert!(r.wants(Output::Initramfs));
         assert_eq!(r.source_date_epoch(), 1_700_000_000);

@@ -105,7 +105,11 @@ pub fn apply_tar(
                 continue;
             }
             if let Some(victim) = name.strip_prefix(".wh.") {
-                let v = if dir.is_empty() { victim.to_string() } else { format!("{dir}/{victim}") };
+                let v = if dir.is_empty() {
+                    victim.to_string()
+                } else {
+                    format!("{dir}/{victim}")
+                };
                 tree.remove(&v);
                 continue;
             }
@@ -133,11 +137,30 @@ pub fn apply_tar(
                 }
                 let t = normalize(&t)
                     .map_err(|_| refuse(format!("hard link to {t:?} leads out of the root")))?;
-                match tree.get(&t) {
-                    Some(Node { kind: Kind::File(_), .. }) => {}
-                    _ => return Err(refuse(format!("hard link to {t:?}, which is not an earlier regular file"))),
-                }
-                Kind::Hardlink(t)
+                // A hard link is the same inode: it has its target's owner and mode.
+                let target = match tree.get(&t) {
+                    Some(
+                        n @ Node {
+                            kind: Kind::File(c),
+                            ..
+                        },
+                    ) => (n.mode, n.uid, n.gid, c.clone()),
+                    _ => {
+                        return Err(refuse(format!(
+                            "hard link to {t:?}, which is not an earlier regular file"
+                        )))
+                    }
+                };
+                tree.insert(
+                    path,
+                    Node {
+                        kind: Kind::Hardlink(t, target.3),
+                        mode: target.0,
+                        uid: target.1,
+                        gid: target.2,
+                    },
+                )?;
+                continue;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = hdr.device_major().ok().flatten().unwrap_or(0);
@@ -159,22 +182,39 @@ pub fn apply_tar(
         if path.is_empty() && !matches!(kind, Kind::Dir) {
             return Err(refuse("the root must be a directory".into()));
         }
-        tree.insert(path, Node { kind, mode, uid, gid })?;
+        tree.insert(
+            path,
+            Node {
+                kind,
+                mode,
+                uid,
+                gid,
+            },
+        )?;
     }
     Ok(())
 }
 
 /// Reads a directory base with lstat: owners, modes and device numbers as on disk; nothing is
 /// copied, file contents are referenced.
-pub fn read_dir_base(tree: &mut Tree, root: &Path, owner: Option<[u32; 2]>) -> Result<(), BuildError> {
-    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+pub fn read_dir_base(
+    tree: &mut Tree,
+    root: &Path,
+    owner: Option<[u32; 2]>,
+) -> Result<(), BuildError> {
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| BuildError::source(root, e.to_string()))?;
         let rel = entry
             .path()
             .strip_prefix(root)
             .map_err(|e| BuildError::source(root, e.to_string()))?;
         let rel = rel.to_string_lossy().into_owned();
-        let md = entry.metadata().map_err(|e| BuildError::source(entry.path(), e.to_string()))?;
+        let md = entry
+            .metadata()
+            .map_err(|e| BuildError::source(entry.path(), e.to_string()))?;
         let (uid, gid) = match owner {
             Some([u, g]) => (u, g),
             None => (md.uid(), md.gid()),
@@ -193,7 +233,10 @@ pub fn read_dir_base(tree: &mut Tree, root: &Path, owner: Option<[u32; 2]>) -> R
             }
             Kind::Symlink(t)
         } else if ft.is_file() {
-            Kind::File(Content::Host { path: entry.path().to_path_buf(), size: md.len() })
+            Kind::File(Content::Host {
+                path: entry.path().to_path_buf(),
+                size: md.len(),
+            })
         } else if ft.is_char_device() || ft.is_block_device() {
             let rdev = md.rdev();
             let (ma, mi) = (libc::major(rdev), libc::minor(rdev));
@@ -207,7 +250,15 @@ pub fn read_dir_base(tree: &mut Tree, root: &Path, owner: Option<[u32; 2]>) -> R
         } else {
             continue; // sockets are not carried
         };
-        tree.insert(rel, Node { kind, mode: md.mode() & 0o7777, uid, gid })?;
+        tree.insert(
+            rel,
+            Node {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid,
+                gid,
+            },
+        )?;
     }
     Ok(())
 }
@@ -240,7 +291,7 @@ pub fn oci_layers(layout: &Path, want_ref: Option<&str>) -> Result<Vec<PathBuf>,
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["platform"]["architecture"].as_str().map_or(true, |a| a == "amd64"))
+            .find(|m| !matches!(m["platform"]["architecture"].as_str(), Some(a) if a != "amd64"))
             .ok_or_else(|| BuildError::source(&manifest_path, "no amd64 manifest"))?;
         manifest_path = blob_path(layout, inner["digest"].as_str())?;
         manifest = read_json(&manifest_path)?;
@@ -248,7 +299,10 @@ pub fn oci_layers(layout: &Path, want_ref: Option<&str>) -> Result<Vec<PathBuf>,
     let layers = manifest["layers"]
         .as_array()
         .ok_or_else(|| BuildError::source(&manifest_path, "manifest has no layers"))?;
-    layers.iter().map(|l| blob_path(layout, l["digest"].as_str())).collect()
+    layers
+        .iter()
+        .map(|l| blob_path(layout, l["digest"].as_str()))
+        .collect()
 }
 
 fn blob_path(layout: &Path, digest: Option<&str>) -> Result<PathBuf, BuildError> {
@@ -256,7 +310,9 @@ fn blob_path(layout: &Path, digest: Option<&str>) -> Result<PathBuf, BuildError>
     let (alg, hex) = d
         .split_once(':')
         .ok_or_else(|| BuildError::source(layout, format!("bad digest {d:?}")))?;
-    if !alg.chars().all(|c| c.is_ascii_alphanumeric()) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !alg.chars().all(|c| c.is_ascii_alphanumeric())
+        || !hex.chars().all(|c| c.is_ascii_hexdigit())
+    {
         return Err(BuildError::source(layout, format!("bad digest {d:?}")));
     }
     Ok(layout.join("blobs").join(alg).join(hex))
@@ -265,4 +321,75 @@ fn blob_path(layout: &Path, digest: Option<&str>) -> Result<PathBuf, BuildError>
 fn read_json(path: &Path) -> Result<serde_json::Value, BuildError> {
     let bytes = std::fs::read(path).map_err(BuildError::io(path))?;
     serde_json::from_slice(&bytes).map_err(|e| BuildError::source(path, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn apply(bytes: Vec<u8>, oci: bool) -> (Tree, Result<(), BuildError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::new(dir.path().join("spool")).unwrap();
+        let mut tree = Tree::new();
+        let r = apply_tar(
+            &mut tree,
+            Box::new(std::io::Cursor::new(bytes)),
+            Path::new("t"),
+            &mut spool,
+            oci,
+        );
+        (tree, r)
+    }
+
+    fn one_entry(name: &[u8], link: &[u8], kind: u8) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_entry_type(match kind % 4 {
+            0 => tar::EntryType::Regular,
+            1 => tar::EntryType::Directory,
+            2 => tar::EntryType::Symlink,
+            _ => tar::EntryType::Link,
+        });
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name);
+        g.linkname[..link.len()].copy_from_slice(link);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    proptest! {
+        /// Arbitrary bytes as a tarball never panic the reader.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), oci in any::<bool>()) {
+            let _ = apply(bytes, oci);
+        }
+
+        /// Whatever the entry's name and link target, an accepted entry lands inside the root.
+        #[test]
+        fn accepted_entries_stay_inside(
+            name in "[a-z./]{1,40}",
+            link in "[a-z./]{0,40}",
+            kind in any::<u8>(),
+        ) {
+            let (tree, r) = apply(one_entry(name.as_bytes(), link.as_bytes(), kind), false);
+            if r.is_ok() {
+                for (k, n) in &tree.entries {
+                    prop_assert!(!k.starts_with('/') && !k.split('/').any(|c| c == ".." || c == "."), "{k}");
+                    if let Kind::Symlink(t) = &n.kind {
+                        prop_assert!(link_stays_inside(k, t));
+                    }
+                }
+            } else {
+                let e = r.unwrap_err().to_string();
+                prop_assert!(e.contains(&format!("{name:?}")) || e.contains("bad tar"), "{e}");
+            }
+        }
+    }
 }

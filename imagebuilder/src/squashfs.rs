@@ -8,22 +8,47 @@ use crate::tree::Tree;
 use crate::Progress;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-pub fn build(tree: &Tree, out: &Path, mtime: u64, comp: SquashComp, progress: &dyn Progress) -> Result<(), BuildError> {
-    let root = tree.get("").map(|n| (n.mode, n.uid, n.gid)).unwrap_or((0o755, 0, 0));
+pub fn build(
+    tree: &Tree,
+    out: &Path,
+    mtime: u64,
+    comp: SquashComp,
+    progress: &dyn Progress,
+) -> Result<(), BuildError> {
+    let root = tree
+        .get("")
+        .map(|n| (n.mode, n.uid, n.gid))
+        .unwrap_or((0o755, 0, 0));
     let comp = match comp {
         SquashComp::Gzip => "gzip",
         SquashComp::Xz => "xz",
         SquashComp::Zstd => "zstd",
     };
     let t = mtime.to_string();
-    let mut child = Command::new("mksquashfs")
+    let mut child = crate::tools::cmd("mksquashfs")
         .arg("-")
         .arg(out)
-        .args(["-tar", "-noappend", "-no-progress", "-quiet", "-no-xattrs", "-reproducible", "-comp", comp])
+        .args([
+            "-tar",
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-no-xattrs",
+            "-reproducible",
+            "-comp",
+            comp,
+        ])
         .args(["-all-time", &t, "-mkfs-time", &t])
-        .args(["-root-mode", &format!("{:o}", root.0 & 0o7777), "-root-uid", &root.1.to_string(), "-root-gid", &root.2.to_string()])
+        .args([
+            "-root-mode",
+            &format!("{:o}", root.0 & 0o7777),
+            "-root-uid",
+            &root.1.to_string(),
+            "-root-gid",
+            &root.2.to_string(),
+        ])
         // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
         .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::piped())
@@ -40,7 +65,10 @@ pub fn build(tree: &Tree, out: &Path, mtime: u64, comp: SquashComp, progress: &d
         s
     });
     let written = match child.stdin.take() {
-        Some(stdin) => crate::tarout::write_tar(tree, mtime, std::io::BufWriter::new(stdin), progress).map(drop),
+        Some(stdin) => {
+            crate::tarout::write_tar(tree, mtime, std::io::BufWriter::new(stdin), progress)
+                .map(drop)
+        }
         None => Ok(()),
     };
     let status = child.wait().map_err(BuildError::io("mksquashfs"))?;

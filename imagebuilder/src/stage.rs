@@ -21,11 +21,18 @@ pub fn stage(tree: &Tree, dir: &Path, mtime: u64) -> Result<(), BuildError> {
             Kind::Dir => std::fs::create_dir(&p).map_err(BuildError::io(&p))?,
             Kind::File(c) => {
                 let mut f = std::fs::File::create(&p).map_err(BuildError::io(&p))?;
-                std::io::copy(&mut c.open().map_err(BuildError::io(&p))?, &mut f).map_err(BuildError::io(&p))?;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode((node.mode & 0o777) | 0o600)).map_err(BuildError::io(&p))?;
+                std::io::copy(&mut c.open().map_err(BuildError::io(&p))?, &mut f)
+                    .map_err(BuildError::io(&p))?;
+                std::fs::set_permissions(
+                    &p,
+                    std::fs::Permissions::from_mode((node.mode & 0o777) | 0o600),
+                )
+                .map_err(BuildError::io(&p))?;
             }
             Kind::Symlink(t) => std::os::unix::fs::symlink(t, &p).map_err(BuildError::io(&p))?,
-            Kind::Hardlink(t) => std::fs::hard_link(dir.join(t), &p).map_err(BuildError::io(&p))?,
+            Kind::Hardlink(t, _) => {
+                std::fs::hard_link(dir.join(t), &p).map_err(BuildError::io(&p))?
+            }
             Kind::Char(..) | Kind::Block(..) | Kind::Fifo => {}
         }
     }
@@ -33,7 +40,11 @@ pub fn stage(tree: &Tree, dir: &Path, mtime: u64) -> Result<(), BuildError> {
     for (path, node) in tree.entries.iter().rev() {
         let p = dir.join(path);
         if matches!(node.kind, Kind::Dir) {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode((node.mode & 0o777) | 0o700)).map_err(BuildError::io(&p))?;
+            std::fs::set_permissions(
+                &p,
+                std::fs::Permissions::from_mode((node.mode & 0o777) | 0o700),
+            )
+            .map_err(BuildError::io(&p))?;
         }
         if !matches!(node.kind, Kind::Char(..) | Kind::Block(..) | Kind::Fifo) {
             set_times(&p, mtime).map_err(BuildError::io(&p))?;
@@ -43,11 +54,22 @@ pub fn stage(tree: &Tree, dir: &Path, mtime: u64) -> Result<(), BuildError> {
 }
 
 fn set_times(p: &Path, t: u64) -> std::io::Result<()> {
-    let c = CString::new(p.as_os_str().as_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let ts = libc::timespec { tv_sec: t as libc::time_t, tv_nsec: 0 };
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let ts = libc::timespec {
+        tv_sec: t as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [ts, ts];
     // SAFETY: c is a valid NUL-terminated path and times points at two timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {

@@ -58,13 +58,19 @@ pub struct PublishedImage {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Bad { path: PathBuf, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A published file whose content is not what `SHA256SUMS` says (or is missing / unlisted).
@@ -94,7 +100,8 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn sorted_subdirs(dir: &Path) -> Vec<(String, PathBuf)> {
@@ -113,7 +120,10 @@ fn sorted_subdirs(dir: &Path) -> Vec<(String, PathBuf)> {
 pub fn read_manifest(dir: &Path) -> Result<Manifest, StoreError> {
     let p = dir.join(MANIFEST);
     let bytes = std::fs::read(&p).map_err(io(&p))?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Bad { path: p, message: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::Bad {
+        path: p,
+        message: e.to_string(),
+    })
 }
 
 fn current_id(profile_dir: &Path) -> Option<String> {
@@ -175,15 +185,27 @@ pub fn verify(state_dir: &Path) -> Result<Vec<Mismatch>, StoreError> {
         let listed = parse_sums(&text);
         for (expected, name) in &listed {
             let p = img.dir.join(name);
-            let actual = if valid_name(name) { hash_file(&p).ok().map(|(_, h)| h) } else { None };
+            let actual = if valid_name(name) {
+                hash_file(&p).ok().map(|(_, h)| h)
+            } else {
+                None
+            };
             if actual.as_deref() != Some(expected.as_str()) {
-                bad.push(Mismatch { path: p, expected: Some(expected.clone()), actual });
+                bad.push(Mismatch {
+                    path: p,
+                    expected: Some(expected.clone()),
+                    actual,
+                });
             }
         }
         for e in std::fs::read_dir(&img.dir).map_err(io(&img.dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name != SUMS && !listed.iter().any(|(_, n)| *n == name) {
-                bad.push(Mismatch { path: e.path(), expected: None, actual: hash_file(&e.path()).ok().map(|(_, h)| h) });
+                bad.push(Mismatch {
+                    path: e.path(),
+                    expected: None,
+                    actual: hash_file(&e.path()).ok().map(|(_, h)| h),
+                });
             }
         }
     }
@@ -191,12 +213,21 @@ pub fn verify(state_dir: &Path) -> Result<Vec<Mismatch>, StoreError> {
 }
 
 /// The directory of one published build; `id_or_current` is a build id or `current`.
-pub fn resolve(state_dir: &Path, recipe: &str, profile: &str, id_or_current: &str) -> Option<PathBuf> {
+pub fn resolve(
+    state_dir: &Path,
+    recipe: &str,
+    profile: &str,
+    id_or_current: &str,
+) -> Option<PathBuf> {
     if !valid_name(recipe) || !valid_name(profile) {
         return None;
     }
     let pdir = images_dir(state_dir).join(recipe).join(profile);
-    let id = if id_or_current == CURRENT { current_id(&pdir)? } else { id_or_current.to_string() };
+    let id = if id_or_current == CURRENT {
+        current_id(&pdir)?
+    } else {
+        id_or_current.to_string()
+    };
     if !valid_name(&id) {
         return None;
     }
@@ -229,7 +260,9 @@ pub fn clean_stale_tmp(state_dir: &Path) {
         let pid: Option<i32> = name.split('-').nth(1).and_then(|p| p.parse().ok());
         let alive = pid.is_some_and(|p| {
             // SAFETY: kill with signal 0 only checks whether the process exists.
-            p > 0 && (unsafe { libc::kill(p, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+            p > 0
+                && (unsafe { libc::kill(p, 0) } == 0
+                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
         });
         if !alive {
             let _ = std::fs::remove_dir_all(e.path());
@@ -256,7 +289,12 @@ pub fn gc(state_dir: &Path, keep: usize) -> Result<Vec<PathBuf>, StoreError> {
                 continue;
             }
             std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-            let dest = tmp.join(format!("gc-{}-{}-{}", std::process::id(), img.recipe, img.id));
+            let dest = tmp.join(format!(
+                "gc-{}-{}-{}",
+                std::process::id(),
+                img.recipe,
+                img.id
+            ));
             std::fs::rename(&img.dir, &dest).map_err(io(&img.dir))?;
             std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
             removed.push(img.dir.clone());
@@ -271,12 +309,21 @@ mod tests {
 
     #[test]
     fn sums_roundtrip() {
-        let f = vec![("ab".to_string(), "z".to_string()), ("cd".to_string(), "a b".to_string())];
+        let f = vec![
+            ("ab".to_string(), "z".to_string()),
+            ("cd".to_string(), "a b".to_string()),
+        ];
         let t = format_sums(&f);
         assert_eq!(t, "cd  a b\nab  z\n");
         let mut p = parse_sums(&t);
         p.sort();
-        assert_eq!(p, vec![("ab".to_string(), "z".to_string()), ("cd".to_string(), "a b".to_string())]);
+        assert_eq!(
+            p,
+            vec![
+                ("ab".to_string(), "z".to_string()),
+                ("cd".to_string(), "a b".to_string())
+            ]
+        );
     }
 
     #[test]

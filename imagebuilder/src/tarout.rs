@@ -5,7 +5,12 @@ use crate::tree::{Kind, Tree};
 use crate::Progress;
 use std::io::{self, Write};
 
-pub fn write_tar<W: Write>(tree: &Tree, mtime: u64, w: W, progress: &dyn Progress) -> io::Result<W> {
+pub fn write_tar<W: Write>(
+    tree: &Tree,
+    mtime: u64,
+    w: W,
+    progress: &dyn Progress,
+) -> io::Result<W> {
     let total = tree.content_size();
     let mut done = 0;
     let mut b = tar::Builder::new(w);
@@ -35,12 +40,16 @@ pub fn write_tar<W: Write>(tree: &Tree, mtime: u64, w: W, progress: &dyn Progres
                 h.set_entry_type(tar::EntryType::Symlink);
                 b.append_link(&mut h, path, t)?;
             }
-            Kind::Hardlink(t) => {
+            Kind::Hardlink(t, _) => {
                 h.set_entry_type(tar::EntryType::Link);
                 b.append_link(&mut h, path, t)?;
             }
             Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
-                h.set_entry_type(if matches!(node.kind, Kind::Char(..)) { tar::EntryType::Char } else { tar::EntryType::Block });
+                h.set_entry_type(if matches!(node.kind, Kind::Char(..)) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
                 h.set_device_major(*ma)?;
                 h.set_device_minor(*mi)?;
                 b.append_data(&mut h, path, io::empty())?;

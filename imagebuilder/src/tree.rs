@@ -12,7 +12,10 @@ use std::path::PathBuf;
 pub enum Content {
     Inline(Vec<u8>),
     /// A file on the build host (a dir base, a site tree, or a spooled tar member).
-    Host { path: PathBuf, size: u64 },
+    Host {
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 impl Content {
@@ -26,9 +29,7 @@ impl Content {
     pub fn open(&self) -> std::io::Result<Box<dyn Read + '_>> {
         match self {
             Content::Inline(v) => Ok(Box::new(&v[..])),
-            Content::Host { path, size } => {
-                Ok(Box::new(std::fs::File::open(path)?.take(*size)))
-            }
+            Content::Host { path, size } => Ok(Box::new(std::fs::File::open(path)?.take(*size))),
         }
     }
 
@@ -44,8 +45,9 @@ pub enum Kind {
     Dir,
     File(Content),
     Symlink(String),
-    /// A hard link to another entry of the tree (normalized path).
-    Hardlink(String),
+    /// A hard link to another entry of the tree (normalized path), with that entry's content so
+    /// the link survives its target being deleted or replaced by a later layer.
+    Hardlink(String, Content),
     Char(u32, u32),
     Block(u32, u32),
     Fifo,
@@ -62,14 +64,19 @@ pub struct Node {
 
 impl Node {
     pub fn dir(mode: u32, uid: u32, gid: u32) -> Node {
-        Node { kind: Kind::Dir, mode, uid, gid }
+        Node {
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid,
+        }
     }
 
     /// The `st_mode` file type bits of this entry.
     pub fn type_bits(&self) -> u32 {
         match self.kind {
             Kind::Dir => 0o040000,
-            Kind::File(_) | Kind::Hardlink(_) => 0o100000,
+            Kind::File(_) | Kind::Hardlink(..) => 0o100000,
             Kind::Symlink(_) => 0o120000,
             Kind::Char(..) => 0o020000,
             Kind::Block(..) => 0o060000,
@@ -145,7 +152,10 @@ impl Tree {
                 self.entries.insert(path, node);
                 return Ok(());
             }
-            return Err(BuildError::Entry { entry: "/".into(), reason: "the root must be a directory".into() });
+            return Err(BuildError::Entry {
+                entry: "/".into(),
+                reason: "the root must be a directory".into(),
+            });
         }
         self.ensure_parents(&path)?;
         if let Some(old) = self.entries.get(&path) {
@@ -162,7 +172,9 @@ impl Tree {
         while let Some(off) = path[idx..].find('/') {
             let p = &path[..idx + off];
             match self.entries.get(p) {
-                Some(Node { kind: Kind::Dir, .. }) => {}
+                Some(Node {
+                    kind: Kind::Dir, ..
+                }) => {}
                 Some(_) => {
                     return Err(BuildError::Entry {
                         entry: path.to_string(),
@@ -190,7 +202,11 @@ impl Tree {
 
     /// Removes everything below a directory, keeping the directory (an OCI opaque whiteout).
     pub fn clear_dir(&mut self, path: &str) {
-        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
         let doomed: Vec<String> = self
             .entries
             .range(prefix.clone()..)
@@ -200,6 +216,32 @@ impl Tree {
             .collect();
         for k in doomed {
             self.entries.remove(&k);
+        }
+    }
+
+    /// Turns hard links whose target is no longer that regular file into plain files.
+    pub fn fix_hardlinks(&mut self) {
+        let broken: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, n)| match &n.kind {
+                Kind::Hardlink(t, _) => !matches!(
+                    self.entries.get(t),
+                    Some(Node {
+                        kind: Kind::File(_),
+                        ..
+                    })
+                ),
+                _ => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in broken {
+            if let Some(n) = self.entries.get_mut(&k) {
+                if let Kind::Hardlink(_, c) = &n.kind {
+                    n.kind = Kind::File(c.clone());
+                }
+            }
         }
     }
 
@@ -271,8 +313,27 @@ mod tests {
     #[test]
     fn insert_through_symlink_refused() {
         let mut t = Tree::new();
-        t.insert("lnk".into(), Node { kind: Kind::Symlink("/etc".into()), mode: 0o777, uid: 0, gid: 0 }).unwrap();
-        let e = t.insert("lnk/passwd".into(), Node { kind: Kind::Fifo, mode: 0o644, uid: 0, gid: 0 }).unwrap_err();
+        t.insert(
+            "lnk".into(),
+            Node {
+                kind: Kind::Symlink("/etc".into()),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .unwrap();
+        let e = t
+            .insert(
+                "lnk/passwd".into(),
+                Node {
+                    kind: Kind::Fifo,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                },
+            )
+            .unwrap_err();
         assert!(e.to_string().contains("lnk/passwd"), "{e}");
     }
 
@@ -280,7 +341,16 @@ mod tests {
     fn clear_dir_keeps_siblings() {
         let mut t = Tree::new();
         for p in ["a/x", "a/y/z", "ab"] {
-            t.insert(p.into(), Node { kind: Kind::Fifo, mode: 0o644, uid: 0, gid: 0 }).unwrap();
+            t.insert(
+                p.into(),
+                Node {
+                    kind: Kind::Fifo,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                },
+            )
+            .unwrap();
         }
         t.clear_dir("a");
         assert!(t.get("a").is_some());

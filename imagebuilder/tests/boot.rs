@@ -9,7 +9,8 @@ use std::time::Duration;
 
 static QEMU: Mutex<()> = Mutex::new(());
 
-const PROFILE: &str = "arch = \"x86_64\"\nfirmware = \"both\"\nconsole = \"ttyS0\"\nkernel_args = [\"loglevel=4\"]\n";
+const PROFILE: &str =
+    "arch = \"x86_64\"\nfirmware = \"both\"\nconsole = \"ttyS0\"\nkernel_args = [\"loglevel=4\"]\n";
 
 #[test]
 fn initramfs_boots_by_direct_kernel_boot() {
@@ -18,13 +19,28 @@ fn initramfs_boots_by_direct_kernel_boot() {
     let profile = site.profile("vm", PROFILE);
     // The marker is computed at run time so it cannot appear in the kernel's own log by accident.
     let script = "echo PXF-INITRAMFS-$((6*7)) $(stat -c %t:%T /dev/console)";
-    site.write("images/live.toml", busybox_recipe("vm", "\"kernel\", \"initramfs\"", script, "[initramfs]\ncompression = \"zstd\"\n"));
+    site.write(
+        "images/live.toml",
+        busybox_recipe(
+            "vm",
+            "\"kernel\", \"initramfs\"",
+            script,
+            "[initramfs]\ncompression = \"zstd\"\n",
+        ),
+    );
     let out = site.build("live", &profile, false).unwrap();
     let _g = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let k = out.dir.join("vmlinuz");
     let i = out.dir.join("initramfs.img");
     let (ok, log) = qemu_until(
-        &["-kernel", k.to_str().unwrap(), "-initrd", i.to_str().unwrap(), "-append", "console=ttyS0 panic=-1"],
+        &[
+            "-kernel",
+            k.to_str().unwrap(),
+            "-initrd",
+            i.to_str().unwrap(),
+            "-append",
+            "console=ttyS0 panic=-1",
+        ],
         "PXF-INITRAMFS-42 5:1",
         Duration::from_secs(120),
     );
@@ -33,8 +49,14 @@ fn initramfs_boots_by_direct_kernel_boot() {
 
 fn ovmf() -> Option<(&'static str, &'static str)> {
     [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
     ]
     .into_iter()
     .find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file())
@@ -74,23 +96,39 @@ fn disk_boots_under_ovmf_and_mounts_its_ext4_root() {
         ));
         script.push_str(&format!("insmod /m/{name}.ko\n"));
     }
-    extra.push_str("[[file]]\npath = \"/etc/owned\"\ncontents = \"x\"\nmode = 0o640\nuid = 1000\ngid = 1000\n");
+    extra.push_str(
+        "[[file]]\npath = \"/etc/owned\"\ncontents = \"x\"\nmode = 0o640\nuid = 1000\ngid = 1000\n",
+    );
     script.push_str(
         "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda2 ] && break; sleep 1; done\n\
          mount -t ext4 -o ro /dev/vda2 /mnt && echo PXF-DISK-$((6*7)) $(stat -c %u:%g:%a /mnt/etc/owned) $(stat -c %t:%T /mnt/dev/console)",
     );
-    site.write("images/disk.toml", busybox_recipe("vm", "\"qcow2\"", &script, &extra));
+    site.write(
+        "images/disk.toml",
+        busybox_recipe("vm", "\"qcow2\"", &script, &extra),
+    );
     let out = site.build("disk", &profile, false).unwrap();
-    assert_eq!(out.outputs.iter().map(|o| o.file.as_str()).collect::<Vec<_>>(), ["disk.qcow2"]);
+    assert_eq!(
+        out.outputs
+            .iter()
+            .map(|o| o.file.as_str())
+            .collect::<Vec<_>>(),
+        ["disk.qcow2"]
+    );
 
     let vars_copy = site.dir().join("vars.fd");
     std::fs::copy(vars, &vars_copy).unwrap();
     let _g = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let code_arg = format!("if=pflash,format=raw,readonly=on,file={code}");
     let vars_arg = format!("if=pflash,format=raw,file={}", vars_copy.display());
-    let disk_arg = format!("file={},format=qcow2,if=virtio,snapshot=on", out.dir.join("disk.qcow2").display());
+    let disk_arg = format!(
+        "file={},format=qcow2,if=virtio,snapshot=on",
+        out.dir.join("disk.qcow2").display()
+    );
     let (ok, log) = qemu_until(
-        &["-drive", &code_arg, "-drive", &vars_arg, "-drive", &disk_arg],
+        &[
+            "-drive", &code_arg, "-drive", &vars_arg, "-drive", &disk_arg,
+        ],
         "PXF-DISK-42 1000:1000:640 5:1",
         Duration::from_secs(240),
     );

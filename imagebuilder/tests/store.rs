@@ -15,20 +15,44 @@ fn second_build_skipped_and_forced_rebuild_byte_identical() {
     let site = Site::new();
     let p = site.profile("vm", PROFILE);
     let extra = "[[user]]\nname = \"admin\"\nuid = 1000\ngid = 1000\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza test\"]\n";
-    site.write("images/all.toml", busybox_recipe("vm", ALL, "echo hi", extra));
+    site.write(
+        "images/all.toml",
+        busybox_recipe("vm", ALL, "echo hi", extra),
+    );
     let first = site.build("all", &p, false).unwrap();
     assert!(!first.skipped);
     let mut names: Vec<&str> = first.outputs.iter().map(|o| o.file.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["disk.qcow2", "disk.raw", "initramfs.img", "root.ext4", "root.squashfs", "root.tar.gz", "vmlinuz"]);
+    assert_eq!(
+        names,
+        [
+            "disk.qcow2",
+            "disk.raw",
+            "initramfs.img",
+            "root.ext4",
+            "root.squashfs",
+            "root.tar.gz",
+            "vmlinuz"
+        ]
+    );
     // The published directory checks out with the standard tool.
-    run_ok(Command::new("sha256sum").arg("-c").arg("--strict").arg("SHA256SUMS").current_dir(&first.dir));
+    run_ok(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg("--strict")
+            .arg("SHA256SUMS")
+            .current_dir(&first.dir),
+    );
     let before = snapshot(&first.dir);
 
     let second = site.build("all", &p, false).unwrap();
     assert!(second.skipped, "unchanged inputs must not be rebuilt");
     assert_eq!(second.id, first.id);
-    assert_eq!(snapshot(&first.dir), before, "a skipped build leaves the published files alone");
+    assert_eq!(
+        snapshot(&first.dir),
+        before,
+        "a skipped build leaves the published files alone"
+    );
 
     let forced = site.build("all", &p, true).unwrap();
     assert!(!forced.skipped);
@@ -44,12 +68,40 @@ fn second_build_skipped_and_forced_rebuild_byte_identical() {
     assert!(listed[0].is_current);
 
     // Any change of an input is a new build id.
-    site.write("images/all.toml", busybox_recipe("vm", ALL, "echo changed", extra));
+    site.write(
+        "images/all.toml",
+        busybox_recipe("vm", ALL, "echo changed", extra),
+    );
     let changed = site.build("all", &p, false).unwrap();
     assert_ne!(changed.id, first.id);
     assert!(!changed.skipped);
     let cur = ib::store::resolve(&site.state(), "all", "vm", "current").unwrap();
     assert_eq!(cur, changed.dir);
+}
+
+#[test]
+fn a_changed_source_file_is_a_new_build_even_with_cached_hashes() {
+    let site = Site::new();
+    let p = site.profile("vm", PROFILE);
+    site.write("src.txt", "aaaa\n");
+    site.write("images/c.toml", "profiles = [\"vm\"]\noutputs = [\"tar\"]\n[base]\nscratch = true\n[[file]]\npath = \"/etc/c\"\nsource = \"src.txt\"\n");
+    // Old enough for its hash to be remembered.
+    std::thread::sleep(Duration::from_millis(3100));
+    let first = site.build("c", &p, false).unwrap();
+    assert!(site.state().join("images/.hashcache.json").is_file());
+    assert!(site.build("c", &p, false).unwrap().skipped);
+    // Same size, new content: the cache must not hide it.
+    site.write("src.txt", "bbbb\n");
+    let second = site.build("c", &p, false).unwrap();
+    assert!(!second.skipped);
+    assert_ne!(second.id, first.id);
+    let t = run_ok(
+        Command::new("tar")
+            .arg("-xzOf")
+            .arg(second.dir.join("root.tar.gz"))
+            .arg("etc/c"),
+    );
+    assert_eq!(t, "bbbb\n");
 }
 
 #[test]
@@ -114,28 +166,56 @@ fn killed_build_leaves_no_trace() {
     site.write("images/big.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\", \"tar\"]\n[base]\nscratch = true\n[[file]]\npath = \"/blob\"\nsource = \"blob.bin\"\n");
 
     let exe = std::env::current_exe().unwrap();
-    let example = exe.parent().unwrap().parent().unwrap().join("examples/build");
-    assert!(example.is_file(), "{} (cargo test builds the examples)", example.display());
-    let mut child = Command::new(&example).arg(site.dir()).arg(site.state()).args(["big", "vm"]).spawn().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/build");
+    assert!(
+        example.is_file(),
+        "{} (cargo test builds the examples)",
+        example.display()
+    );
+    let mut child = Command::new(&example)
+        .arg(site.dir())
+        .arg(site.state())
+        .args(["big", "vm"])
+        .spawn()
+        .unwrap();
     let tmp = site.state().join("images/.tmp");
     let deadline = Instant::now() + Duration::from_secs(60);
     let partial = loop {
-        let found = std::fs::read_dir(&tmp).into_iter().flatten().flatten().find_map(|e| {
-            let f = e.path().join("out/initramfs.img");
-            std::fs::metadata(&f).ok().filter(|m| m.len() > 0).map(|_| f)
-        });
+        let found = std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| {
+                let f = e.path().join("out/initramfs.img");
+                std::fs::metadata(&f)
+                    .ok()
+                    .filter(|m| m.len() > 0)
+                    .map(|_| f)
+            });
         if let Some(f) = found {
             break f;
         }
         assert!(Instant::now() < deadline, "the build never started writing");
-        assert!(child.try_wait().unwrap().is_none(), "the build finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(partial.exists(), "the kill landed mid-way");
 
-    assert_eq!(snapshot(&site.state().join("images/big")), before, "published builds and current unchanged");
+    assert_eq!(
+        snapshot(&site.state().join("images/big")),
+        before,
+        "published builds and current unchanged"
+    );
     let listed = ib::store::list(&site.state());
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, good.id);
@@ -158,6 +238,7 @@ fn store_limits_warn_about_memory() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].severity, ib::Severity::Warning);
     assert!(w[0].message.contains("memory_mib"), "{}", w[0].message);
-    let roomy = ib::profile_layer_from_toml("small", "firmware = \"bios\"\nmemory_mib = 64\n").unwrap();
+    let roomy =
+        ib::profile_layer_from_toml("small", "firmware = \"bios\"\nmemory_mib = 64\n").unwrap();
     assert!(ib::check_store_limits(&site.state(), &[roomy]).is_empty());
 }

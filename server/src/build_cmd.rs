@@ -61,8 +61,10 @@ impl Reporter {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(0);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_prefix(label.clone());
             b
@@ -136,7 +138,12 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             let profile = site
                 .profiles
                 .get(profile_name)
-                .ok_or_else(|| anyhow!("recipe {} names unknown profile {profile_name}", recipe.name))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "recipe {} names unknown profile {profile_name}",
+                        recipe.name
+                    )
+                })?
                 .layer_for_images();
             let label = format!("{}/{}", recipe.name, profile_name);
             let reporter = Reporter::new(label.clone());
@@ -155,9 +162,17 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             }
             built += 1;
             if outcome.skipped {
-                println!("{label}: {} unchanged, not rebuilt ({:.2} s)", outcome.id, started.elapsed().as_secs_f64());
+                println!(
+                    "{label}: {} unchanged, not rebuilt ({:.2} s)",
+                    outcome.id,
+                    started.elapsed().as_secs_f64()
+                );
             } else {
-                println!("{label}: built {} in {:.1} s", outcome.id, started.elapsed().as_secs_f64());
+                println!(
+                    "{label}: built {} in {:.1} s",
+                    outcome.id,
+                    started.elapsed().as_secs_f64()
+                );
             }
             for o in &outcome.outputs {
                 println!("  {:<16} {:>12} bytes  sha256 {}", o.file, o.size, o.sha256);
@@ -177,7 +192,10 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
         ImagesCommand::List => {
             let list = store::list(&state);
             if list.is_empty() {
-                println!("no published images in {}", store::images_dir(&state).display());
+                println!(
+                    "no published images in {}",
+                    store::images_dir(&state).display()
+                );
             }
             for img in list {
                 println!(

@@ -13,14 +13,22 @@ pub fn check(site_dir: &Path) -> usize {
             for d in &site.warnings {
                 println!("{d}");
             }
-            let warnings = site.warnings.iter().filter(|d| d.severity == Severity::Warning).count();
+            let warnings = site
+                .warnings
+                .iter()
+                .filter(|d| d.severity == Severity::Warning)
+                .count();
             println!(
                 "{}: ok: {} profiles, {} hosts, {} image recipes{}",
                 site_dir.display(),
                 site.profiles.len(),
                 site.hosts.len(),
                 site.recipes.len(),
-                if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
+                if warnings > 0 {
+                    format!(", {warnings} warning(s)")
+                } else {
+                    String::new()
+                }
             );
             0
         }
@@ -28,7 +36,11 @@ pub fn check(site_dir: &Path) -> usize {
             for d in &errs.0 {
                 println!("{d}");
             }
-            let n = errs.0.iter().filter(|d| d.severity == Severity::Error).count();
+            let n = errs
+                .0
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
             println!("{}: {n} error(s)", site_dir.display());
             n
         }
@@ -59,23 +71,20 @@ pub fn render_one(
     let base = base_url
         .map(|b| b.trim_end_matches('/').to_string())
         .unwrap_or_else(|| render::offline_base_url(&site));
-    if let What::Bootstrap = what {
-        return Ok(render::render_bootstrap(&site, &base)?);
-    }
-    let mac: Mac = mac
-        .ok_or_else(|| anyhow!("--mac is required"))?
-        .parse()?;
-    let facts = render::Facts {
-        mac: Some(mac),
-        platform: platform.map(str::to_string),
-        ..Default::default()
-    };
+    let mac = || -> Result<Mac> { Ok(mac.ok_or_else(|| anyhow!("--mac is required"))?.parse()?) };
     match what {
+        What::Bootstrap => Ok(render::render_bootstrap(&site, &base)?),
         What::Ipxe => {
+            let facts = render::Facts {
+                mac: Some(mac()?),
+                platform: platform.map(str::to_string),
+                ..Default::default()
+            };
             let choice = crate::select::select(&site, &facts);
             Ok(render::render_ipxe(&site, &base, &choice, &facts)?)
         }
         What::Kickstart => {
+            let mac = mac()?;
             let Some(host) = site.host_by_mac(&mac) else {
                 bail!("no host with MAC {mac} in {}", site_dir.display());
             };
@@ -88,6 +97,5 @@ pub fn render_one(
             }
             Ok(render::render_kickstart(&site, &base, host, profile, mac)?)
         }
-        What::Bootstrap => unreachable!("handled above"),
     }
 }

@@ -33,6 +33,17 @@ pub struct Event {
     pub remote: String,
 }
 
+/// A machine that asked for a script without being in the inventory.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub mac: String,
+    /// The profile whose match rule claimed it, if any.
+    pub profile: Option<String>,
+    /// Its facts as JSON.
+    pub facts: String,
+    pub seen_at: i64,
+}
+
 pub struct EventStore {
     conn: Mutex<Connection>,
 }
@@ -47,9 +58,12 @@ impl EventStore {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS events (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -131,10 +145,18 @@ impl EventStore {
         .flatten())
     }
 
-    pub fn discovered(&self) -> Result<Vec<(String, Option<String>, String, i64)>, EventsError> {
+    pub fn discovered(&self) -> Result<Vec<Discovered>, EventsError> {
         let c = self.conn()?;
-        let mut st = c.prepare("SELECT mac, profile, facts, seen_at FROM discovered ORDER BY mac")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let mut st =
+            c.prepare("SELECT mac, profile, facts, seen_at FROM discovered ORDER BY mac")?;
+        let rows = st.query_map([], |r| {
+            Ok(Discovered {
+                mac: r.get(0)?,
+                profile: r.get(1)?,
+                facts: r.get(2)?,
+                seen_at: r.get(3)?,
+            })
+        })?;
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
     }
 }
@@ -186,8 +208,14 @@ mod tests {
         let last = s.last_by_mac().unwrap();
         assert_eq!(last["52:54:00:00:00:01"].status, "finished");
         assert_eq!(s.for_mac("52:54:00:00:00:01", 10).unwrap().len(), 2);
-        s.remember_discovered("52:54:00:00:00:02", Some("r650"), "{}", 2).unwrap();
-        assert_eq!(s.discovered_profile("52:54:00:00:00:02").unwrap().as_deref(), Some("r650"));
+        s.remember_discovered("52:54:00:00:00:02", Some("r650"), "{}", 2)
+            .unwrap();
+        assert_eq!(
+            s.discovered_profile("52:54:00:00:00:02")
+                .unwrap()
+                .as_deref(),
+            Some("r650")
+        );
         assert_eq!(s.discovered_profile("52:54:00:00:00:03").unwrap(), None);
     }
 }

@@ -55,10 +55,11 @@ pub fn current_image(
         .into_owned();
     let cache = CACHE.get_or_init(Default::default);
     let key = (recipe.to_string(), profile.to_string());
-    let cached = cache
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&key).filter(|(cid, _)| *cid == id).map(|(_, f)| f.clone()));
+    let cached = cache.lock().ok().and_then(|c| {
+        c.get(&key)
+            .filter(|(cid, _)| *cid == id)
+            .map(|(_, f)| f.clone())
+    });
     let sums = match cached {
         Some(s) => s,
         None => {
@@ -114,7 +115,9 @@ fn read_sums(build: &Path) -> Option<BTreeMap<String, (String, u64)>> {
         parse_sums(&text)
             .into_iter()
             .map(|(name, sum)| {
-                let size = std::fs::metadata(build.join(&name)).map(|m| m.len()).unwrap_or(0);
+                let size = std::fs::metadata(build.join(&name))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 (name, (sum, size))
             })
             .collect(),

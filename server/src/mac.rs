@@ -8,7 +8,9 @@ use std::str::FromStr;
 pub struct Mac(pub [u8; 6]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed MAC address {0:?}: expected 12 hex digits, optionally separated by ':', '-' or '.'")]
+#[error(
+    "malformed MAC address {0:?}: expected 12 hex digits, optionally separated by ':', '-' or '.'"
+)]
 pub struct MacError(pub String);
 
 impl FromStr for Mac {
@@ -90,7 +92,11 @@ mod tests {
             "525400ABcdef",
             " 52:54:00:ab:cd:ef ",
         ] {
-            assert_eq!(s.parse::<Mac>().unwrap().to_string(), "52:54:00:ab:cd:ef", "{s}");
+            assert_eq!(
+                s.parse::<Mac>().unwrap().to_string(),
+                "52:54:00:ab:cd:ef",
+                "{s}"
+            );
         }
     }
 

@@ -66,6 +66,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -84,7 +85,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { site, overrides } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(serve::run(site, overrides))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -100,7 +103,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             base_url,
             site,
         } => {
-            let out = check::render_one(&site, what, mac.as_deref(), platform.as_deref(), base_url.as_deref())?;
+            let out = check::render_one(
+                &site,
+                what,
+                mac.as_deref(),
+                platform.as_deref(),
+                base_url.as_deref(),
+            )?;
             print!("{out}");
             Ok(ExitCode::SUCCESS)
         }

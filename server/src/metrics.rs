@@ -33,7 +33,10 @@ impl Metrics {
     }
 
     pub fn write_prometheus(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP pxeforge_http_requests_total HTTP requests by endpoint and status.");
+        let _ = writeln!(
+            out,
+            "# HELP pxeforge_http_requests_total HTTP requests by endpoint and status."
+        );
         let _ = writeln!(out, "# TYPE pxeforge_http_requests_total counter");
         if let Ok(m) = self.requests.lock() {
             for ((route, status), n) in m.iter() {
@@ -44,19 +47,45 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP pxeforge_scripts_served_total iPXE host scripts by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP pxeforge_scripts_served_total iPXE host scripts by outcome."
+        );
         let _ = writeln!(out, "# TYPE pxeforge_scripts_served_total counter");
         if let Ok(m) = self.scripts.lock() {
             for (outcome, n) in m.iter() {
-                let _ = writeln!(out, "pxeforge_scripts_served_total{{outcome=\"{outcome}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "pxeforge_scripts_served_total{{outcome=\"{outcome}\"}} {n}"
+                );
             }
         }
         for (name, help, v) in [
-            ("pxeforge_events_received_total", "Install events stored.", &self.events_received),
-            ("pxeforge_events_rejected_total", "Install events refused as malformed or oversized.", &self.events_rejected),
-            ("pxeforge_site_reloads_total{result=\"ok\"}", "Site reloads.", &self.reloads_ok),
-            ("pxeforge_site_reloads_total{result=\"failed\"}", "", &self.reloads_failed),
-            ("pxeforge_http_bytes_sent_total", "File bytes sent over HTTP.", &self.bytes_sent),
+            (
+                "pxeforge_events_received_total",
+                "Install events stored.",
+                &self.events_received,
+            ),
+            (
+                "pxeforge_events_rejected_total",
+                "Install events refused as malformed or oversized.",
+                &self.events_rejected,
+            ),
+            (
+                "pxeforge_site_reloads_total{result=\"ok\"}",
+                "Site reloads.",
+                &self.reloads_ok,
+            ),
+            (
+                "pxeforge_site_reloads_total{result=\"failed\"}",
+                "",
+                &self.reloads_failed,
+            ),
+            (
+                "pxeforge_http_bytes_sent_total",
+                "File bytes sent over HTTP.",
+                &self.bytes_sent,
+            ),
         ] {
             let base = name.split('{').next().unwrap_or(name);
             if !help.is_empty() {
@@ -69,5 +98,7 @@ impl Metrics {
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -95,10 +95,12 @@ impl Templates {
     }
 
     pub fn render(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
-        self.tera.render(name, ctx).map_err(|e| RenderError::Template {
-            name: name.to_string(),
-            message: tera_message(&e),
-        })
+        self.tera
+            .render(name, ctx)
+            .map_err(|e| RenderError::Template {
+                name: name.to_string(),
+                message: tera_message(&e),
+            })
     }
 }
 
@@ -130,7 +132,12 @@ fn collect(
 ) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         if dir == root {
-            diags.push(diag(site_dir, dir, 0, "template directory is missing".into()));
+            diags.push(diag(
+                site_dir,
+                dir,
+                0,
+                "template directory is missing".into(),
+            ));
         }
         return;
     };
@@ -139,8 +146,16 @@ fn collect(
     for p in entries {
         if p.is_dir() {
             collect(root, &p, prefix, out, diags, site_dir);
-        } else if p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+        } else if p.is_file()
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             out.push((p.clone(), format!("{prefix}/{rel}")));
         }
     }
@@ -167,18 +182,25 @@ pub fn clean_fact(v: &str) -> Option<String> {
     let v = v.trim();
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-' | ',' | '(' | ')' | '/' | '+'));
+        && v.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, ' ' | '.' | '_' | '-' | ',' | '(' | ')' | '/' | '+')
+        });
     ok.then(|| v.to_string())
 }
 
 /// Which script a request gets, decided before anything is rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptChoice<'a> {
-    Host { host: &'a Host, profile: &'a Profile },
+    Host {
+        host: &'a Host,
+        profile: &'a Profile,
+    },
     /// Unknown host whose SMBIOS facts matched this profile.
-    Matched { profile: &'a Profile, mac: Mac },
+    Matched {
+        profile: &'a Profile,
+        mac: Mac,
+    },
     Unknown,
 }
 
@@ -241,14 +263,20 @@ pub fn host_context(
     ctx.insert("repo", &repo);
     ctx.insert("extra_repos", &extra_repos);
     ctx.insert("kernel_url", &format!("{boot_tree}/images/pxeboot/vmlinuz"));
-    ctx.insert("initrd_url", &format!("{boot_tree}/images/pxeboot/initrd.img"));
+    ctx.insert(
+        "initrd_url",
+        &format!("{boot_tree}/images/pxeboot/initrd.img"),
+    );
     let mut args: Vec<String> = Vec::new();
     if let Some(c) = &profile.console {
         args.push(format!("console={c}"));
     }
     args.extend(profile.kernel_args.iter().cloned());
     ctx.insert("kernel_args", &args.join(" "));
-    ctx.insert("image", &crate::images::image_context(site, base_url, profile));
+    ctx.insert(
+        "image",
+        &crate::images::image_context(site, base_url, profile),
+    );
     ctx
 }
 
@@ -257,7 +285,11 @@ pub fn offline_base_url(site: &Site) -> String {
     if site.settings.server.base_url.is_empty() {
         format!("http://{}", site.settings.server.http)
     } else {
-        site.settings.server.base_url.trim_end_matches('/').to_string()
+        site.settings
+            .server
+            .base_url
+            .trim_end_matches('/')
+            .to_string()
     }
 }
 
@@ -293,17 +325,25 @@ pub fn render_ipxe(
     choice: &ScriptChoice,
     facts: &Facts,
 ) -> Result<String, RenderError> {
-    let platform = facts.platform.as_deref().filter(|p| matches!(*p, "pcbios" | "efi"));
+    let platform = facts
+        .platform
+        .as_deref()
+        .filter(|p| matches!(*p, "pcbios" | "efi"));
     match choice {
         ScriptChoice::Host { host, profile } => {
-            let mac = facts.mac.or_else(|| host.macs.first().copied()).unwrap_or(Mac([0; 6]));
+            let mac = facts
+                .mac
+                .or_else(|| host.macs.first().copied())
+                .unwrap_or(Mac([0; 6]));
             let ctx = host_context(site, base_url, host, profile, mac, platform);
-            site.templates.render(ipxe_template_for(Some(host), profile), &ctx)
+            site.templates
+                .render(ipxe_template_for(Some(host), profile), &ctx)
         }
         ScriptChoice::Matched { profile, mac } => {
             let host = matched_host(profile, *mac);
             let ctx = host_context(site, base_url, &host, profile, *mac, platform);
-            site.templates.render(ipxe_template_for(None, profile), &ctx)
+            site.templates
+                .render(ipxe_template_for(None, profile), &ctx)
         }
         ScriptChoice::Unknown => {
             let mut ctx = Context::new();
@@ -334,7 +374,8 @@ pub fn render_kickstart(
     mac: Mac,
 ) -> Result<String, RenderError> {
     let ctx = host_context(site, base_url, host, profile, mac, None);
-    site.templates.render(&format!("ks/{}", profile.kickstart), &ctx)
+    site.templates
+        .render(&format!("ks/{}", profile.kickstart), &ctx)
 }
 
 /// Whether a profile's hosts get a kickstart at all.
@@ -372,7 +413,9 @@ pub fn check_all(site: &Site) -> Vec<Diagnostic> {
     let mut unbuilt = std::collections::BTreeSet::new();
     let mut warnings = Vec::new();
     for host in &site.hosts {
-        let Some(profile) = site.profiles.get(&host.profile) else { continue };
+        let Some(profile) = site.profiles.get(&host.profile) else {
+            continue;
+        };
         let mac = host.macs.first().copied().unwrap_or(Mac([0; 6]));
         for platform in ["pcbios", "efi"] {
             let facts = Facts {
@@ -380,24 +423,34 @@ pub fn check_all(site: &Site) -> Vec<Diagnostic> {
                 platform: Some(platform.into()),
                 ..Facts::default()
             };
-            if let Err(e) = render_ipxe(site, &base, &ScriptChoice::Host { host, profile }, &facts) {
-                fail(&host.origin, format!("host {:?}: iPXE script: {e}", host.name));
+            if let Err(e) = render_ipxe(site, &base, &ScriptChoice::Host { host, profile }, &facts)
+            {
+                fail(
+                    &host.origin,
+                    format!("host {:?}: iPXE script: {e}", host.name),
+                );
             }
         }
         if profile.boot == BootMethod::Image
-            && crate::images::image_context(site, &base, profile).is_none_or(|i| i.tarball.is_none())
+            && crate::images::image_context(site, &base, profile)
+                .is_none_or(|i| i.tarball.is_none())
         {
             unbuilt.insert(profile.name.clone());
             continue;
         }
         if has_kickstart(profile) && host.install {
             if let Err(e) = render_kickstart(site, &base, host, profile, mac) {
-                fail(&host.origin, format!("host {:?}: kickstart: {e}", host.name));
+                fail(
+                    &host.origin,
+                    format!("host {:?}: kickstart: {e}", host.name),
+                );
             }
         }
     }
     for name in unbuilt {
-        let Some(p) = site.profiles.get(&name) else { continue };
+        let Some(p) = site.profiles.get(&name) else {
+            continue;
+        };
         warnings.push(Diagnostic {
             file: p.file.clone(),
             line: 0,
@@ -414,12 +467,21 @@ pub fn check_all(site: &Site) -> Vec<Diagnostic> {
         let origin = format!("{}:0", profile.file.display());
         let choice = ScriptChoice::Matched { profile, mac };
         if let Err(e) = render_ipxe(site, &base, &choice, &unknown) {
-            fail(&origin, format!("profile {:?} (matched machine): {e}", profile.name));
+            fail(
+                &origin,
+                format!("profile {:?} (matched machine): {e}", profile.name),
+            );
         }
         if has_kickstart(profile) {
             let host = matched_host(profile, mac);
             if let Err(e) = render_kickstart(site, &base, &host, profile, mac) {
-                fail(&origin, format!("profile {:?} (matched machine) kickstart: {e}", profile.name));
+                fail(
+                    &origin,
+                    format!(
+                        "profile {:?} (matched machine) kickstart: {e}",
+                        profile.name
+                    ),
+                );
             }
         }
     }

@@ -58,7 +58,13 @@ pub struct Effective {
 
 pub fn effective(site: &Site, o: &Overrides) -> Effective {
     let s = &site.settings;
-    let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { site.dir.join(p) };
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            site.dir.join(p)
+        }
+    };
     let iface = o
         .dhcp_interface
         .clone()
@@ -71,11 +77,17 @@ pub fn effective(site: &Site, o: &Overrides) -> Effective {
             Some(o.tftp.unwrap_or(s.tftp.listen))
         },
         tftp_root: o.tftp_root.clone().unwrap_or_else(|| abs(&s.tftp.root)),
-        assets: o.assets.clone().unwrap_or_else(|| abs(&s.server.assets_dir)),
+        assets: o
+            .assets
+            .clone()
+            .unwrap_or_else(|| abs(&s.server.assets_dir)),
         state: o.state.clone().unwrap_or_else(|| abs(&s.server.state_dir)),
         dhcp: o.dhcp.unwrap_or(s.dhcp.mode),
         dhcp_interface: iface,
-        base_url: o.base_url.clone().map(|b| b.trim_end_matches('/').to_string()),
+        base_url: o
+            .base_url
+            .clone()
+            .map(|b| b.trim_end_matches('/').to_string()),
     }
 }
 
@@ -114,7 +126,21 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let mut extra_metrics: Vec<MetricsWriter> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    // TFTP-BLOCK
+    if let Some(addr) = eff.tftp {
+        let config = pxeforge_tftp::TftpConfig {
+            root: eff.tftp_root.clone(),
+            ..Default::default()
+        };
+        let server = pxeforge_tftp::TftpServer::bind(addr, config)
+            .await
+            .with_context(|| format!("binding TFTP on {addr}"))?;
+        println!("pxeforge: tftp listening on {}", server.local_addr());
+        let m = server.metrics();
+        extra_metrics.push(Arc::new(move |out: &mut String| m.write_prometheus(out)));
+        let sd = shutdown();
+        tasks.spawn(async move { server.run(sd).await.context("TFTP service") });
+    }
+
     let dhcp_site = Arc::new(ArcSwap::from_pointee(crate::dhcp_view::compile(
         &site.load(),
         &eff,
@@ -182,13 +208,15 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 let dir = reload_dir.clone();
+                let started = std::time::Instant::now();
                 let loaded = tokio::task::spawn_blocking(move || Site::load(&dir)).await;
+                let ms = started.elapsed().as_millis() as u64;
                 match loaded {
                     Ok(Ok(new_site)) => {
                         print_diagnostics(&new_site.warnings);
                         let e = effective(&new_site, &reload_overrides);
                         dhcp_site.store(Arc::new(crate::dhcp_view::compile(&new_site, &e)));
-                        tracing::info!(hosts = new_site.hosts.len(), profiles = new_site.profiles.len(), "site reloaded");
+                        tracing::info!(hosts = new_site.hosts.len(), profiles = new_site.profiles.len(), ms, "site reloaded");
                         reload_site.store(Arc::new(new_site));
                         reload_metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                     }
@@ -196,7 +224,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
                         for d in &errors.0 {
                             tracing::error!(target: "pxeforge::site", "{d}");
                         }
-                        tracing::error!("reload refused ({errors}); still serving the last good site");
+                        tracing::error!(ms, "reload refused ({errors}); still serving the last good site");
                         reload_metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => tracing::error!(error = %e, "reload task failed"),

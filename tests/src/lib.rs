@@ -50,9 +50,8 @@ pub fn have(cmd: &str) -> bool {
 /// Copies the example site's definition (not its state) into `dst`, for tests that edit it.
 pub fn copy_example_site(dst: &Path) {
     let root = repo_root();
-    for f in ["pxeforge.toml"] {
-        std::fs::copy(root.join(f), dst.join(f)).expect("copy pxeforge.toml");
-    }
+    std::fs::copy(root.join("pxeforge.toml"), dst.join("pxeforge.toml"))
+        .expect("copy pxeforge.toml");
     for d in ["profiles", "hosts", "templates", "kickstarts", "images"] {
         copy_dir(&root.join(d), &dst.join(d));
     }
@@ -60,7 +59,9 @@ pub fn copy_example_site(dst: &Path) {
 
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).expect("mkdir");
-    let Ok(rd) = std::fs::read_dir(src) else { return };
+    let Ok(rd) = std::fs::read_dir(src) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let t = dst.join(e.file_name());
@@ -88,7 +89,7 @@ impl Server {
         let logf = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(pxeforge_bin());
         cmd.arg("serve").arg("--site").arg(site);
-        if !args.iter().any(|a| *a == "--http") {
+        if !args.contains(&"--http") {
             cmd.args(["--http", "127.0.0.1:0"]);
         }
         cmd.args(args)
@@ -149,7 +150,8 @@ impl Server {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("kill");
     }
 
     /// Polls the log until `needle` appears `count` times or 20 s pass.
@@ -173,7 +175,10 @@ impl Drop for Server {
 
 /// Runs `pxeforge ARGS...`, returning (exit code, stdout, stderr).
 pub fn pxeforge(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(pxeforge_bin()).args(args).output().expect("run pxeforge");
+    let out = Command::new(pxeforge_bin())
+        .args(args)
+        .output()
+        .expect("run pxeforge");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

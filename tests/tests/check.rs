@@ -30,31 +30,73 @@ fn every_example_kickstart_passes_ksvalidator() {
         ("94:40:c9:11:22:33", "RHEL10"),
     ];
     for (mac, version) in hosts {
-        let (code, ks, err) = pxeforge(&["render", "kickstart", "--mac", mac, "--site", root.to_str().unwrap()]);
+        let (code, ks, err) = pxeforge(&[
+            "render",
+            "kickstart",
+            "--mac",
+            mac,
+            "--site",
+            root.to_str().unwrap(),
+        ]);
         assert_eq!(code, 0, "{mac}: {err}");
         let path = dir.path().join(format!("{}.ks", mac.replace(':', "")));
         std::fs::write(&path, &ks).unwrap();
-        let out = Command::new("ksvalidator").args(["-v", version]).arg(&path).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{mac} ({version}) failed ksvalidator:\n{text}\n---\n{ks}");
-        assert!(!text.to_lowercase().contains("warning"), "{mac} ({version}) warns:\n{text}");
+        let out = Command::new("ksvalidator")
+            .args(["-v", version])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{mac} ({version}) failed ksvalidator:\n{text}\n---\n{ks}"
+        );
+        assert!(
+            !text.to_lowercase().contains("warning"),
+            "{mac} ({version}) warns:\n{text}"
+        );
     }
     // The host that must not be reinstalled has no kickstart at all.
-    let (code, _, err) = pxeforge(&["render", "kickstart", "--mac", "52:54:00:00:30:01", "--site", root.to_str().unwrap()]);
+    let (code, _, err) = pxeforge(&[
+        "render",
+        "kickstart",
+        "--mac",
+        "52:54:00:00:30:01",
+        "--site",
+        root.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("vm-keep-01 is not installed from a kickstart"), "{err}");
+    assert!(
+        err.contains("vm-keep-01 is not installed from a kickstart"),
+        "{err}"
+    );
 }
 
 #[test]
 fn render_ipxe_matches_the_platform() {
     let root = repo_root();
     let (code, s, err) = pxeforge(&[
-        "render", "ipxe", "--mac", "52:54:00:00:20:01", "--platform", "efi", "--base-url", "http://10.0.0.1:8080",
-        "--site", root.to_str().unwrap(),
+        "render",
+        "ipxe",
+        "--mac",
+        "52:54:00:00:20:01",
+        "--platform",
+        "efi",
+        "--base-url",
+        "http://10.0.0.1:8080",
+        "--site",
+        root.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(s.contains("initrd=initrd.img inst.repo="), "{s}");
-    assert!(s.contains("inst.ks=http://10.0.0.1:8080/ks/52-54-00-00-20-01"), "{s}");
+    assert!(
+        s.contains("inst.ks=http://10.0.0.1:8080/ks/52-54-00-00-20-01"),
+        "{s}"
+    );
 }
 
 fn broken(edit: impl FnOnce(&Path)) -> (i32, String) {
@@ -73,7 +115,8 @@ fn append(p: &Path, s: &str) {
 
 #[test]
 fn each_mistake_is_named_with_file_and_line() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&Path)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown key",
             Box::new(|d: &Path| append(&d.join("hosts/lab.toml"), "\n[[host]]\nname = \"n9\"\nmac = \"52:54:00:99:00:01\"\nprofile = \"qemu-bios\"\nrack = 3\n")),

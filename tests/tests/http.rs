@@ -24,7 +24,9 @@ fn fixture() -> Fixture {
     copy_example_site(&site);
     let assets = dir.path().join("assets");
     std::fs::create_dir_all(assets.join("sub")).unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(assets.join("sub/big.bin"), &big).unwrap();
     std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.txt"), assets.join("escape")).unwrap();
@@ -69,25 +71,65 @@ fn scripts_for_every_kind_of_machine() {
     let (s, boot) = get(&c, &srv.url("/boot.ipxe"));
     assert_eq!(s, 200);
     assert!(boot.starts_with("#!ipxe"));
-    assert!(boot.contains(&format!("chain --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid:uristring}}")), "{boot}");
-    assert!(boot.contains("product=${product:uristring}") && boot.contains("platform=${platform:uristring}"));
-    assert!(boot.contains("exit 1"), "bootstrap must end in a local-disk fallback");
+    assert!(
+        boot.contains(&format!(
+            "chain --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid:uristring}}"
+        )),
+        "{boot}"
+    );
+    assert!(
+        boot.contains("product=${product:uristring}")
+            && boot.contains("platform=${platform:uristring}")
+    );
+    assert!(
+        boot.contains("exit 1"),
+        "bootstrap must end in a local-disk fallback"
+    );
 
     // BIOS install host: CentOS Stream 9, no initrd= (only UEFI needs it), ks at this server.
-    let (s, bios) = get(&c, &srv.url("/ipxe?mac=52-54-00-00-10-01&platform=pcbios&arch=x86_64"));
+    let (s, bios) = get(
+        &c,
+        &srv.url("/ipxe?mac=52-54-00-00-10-01&platform=pcbios&arch=x86_64"),
+    );
     assert_eq!(s, 200, "{bios}");
     assert!(bios.contains("kernel http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz "), "{bios}");
-    assert!(bios.contains(&format!("inst.ks={base}/ks/52-54-00-00-10-01")), "{bios}");
+    assert!(
+        bios.contains(&format!("inst.ks={base}/ks/52-54-00-00-10-01")),
+        "{bios}"
+    );
     assert!(bios.contains("inst.repo=http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os"));
     assert!(bios.contains("console=ttyS0,115200n8 net.ifnames=0"));
     assert!(!bios.contains("initrd=initrd.img"), "{bios}");
     assert!(bios.contains("initrd --name initrd.img http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/initrd.img"));
-    assert!(bios.contains("sanboot --no-describe --drive 0x80"), "fallback to local disk");
+    assert!(
+        bios.contains("sanboot --no-describe --drive 0x80"),
+        "fallback to local disk"
+    );
 
     // UEFI host: Stream 10 and initrd= on the kernel line; MAC spelled another way.
     let (s, uefi) = get(&c, &srv.url("/ipxe?mac=525400002001&platform=efi"));
     assert_eq!(s, 200);
-    assert!(uefi.contains("10-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz initrd=initrd.img "), "{uefi}");
+    assert!(
+        uefi.contains("10-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz initrd=initrd.img "),
+        "{uefi}"
+    );
+
+    // A real server model, known by MAC: its profile's console and Stream 10 tree.
+    let (s, hpe) = get(&c, &srv.url("/ipxe?mac=94:40:c9:11:22:33&platform=efi"));
+    assert_eq!(s, 200);
+    assert!(
+        hpe.contains("app-a02 (profile hpe-dl380)") && hpe.contains("10-stream"),
+        "{hpe}"
+    );
+    // Known by SMBIOS UUID when it boots from a NIC that is not in the inventory.
+    let (s, by_uuid) = get(
+        &c,
+        &srv.url(
+            "/ipxe?mac=02:00:00:00:00:42&uuid=4C4C4544-0042-3510-8051-B4C04F4E3132&platform=efi",
+        ),
+    );
+    assert_eq!(s, 200);
+    assert!(by_uuid.contains("db-a01 (profile dell-r650)"), "{by_uuid}");
 
     // A known host that must not be reinstalled: local boot, no kernel.
     let (s, keep) = get(&c, &srv.url(&format!("/ipxe?mac={KEEP_MAC}")));
@@ -96,10 +138,16 @@ fn scripts_for_every_kind_of_machine() {
     assert!(keep.contains("vm-keep-01 is not to be (re)installed") && keep.contains("exit 1"));
 
     // Unknown host, discover policy in the example site: report + retry, no kernel.
-    let (s, unk) = get(&c, &srv.url("/ipxe?mac=02:00:00:00:00:99&manufacturer=QEMU&product=Standard%20PC"));
+    let (s, unk) = get(
+        &c,
+        &srv.url("/ipxe?mac=02:00:00:00:00:99&manufacturer=QEMU&product=Standard%20PC"),
+    );
     assert_eq!(s, 200);
     assert!(!unk.contains("kernel "), "{unk}");
-    assert!(unk.contains(&format!("chain --autofree {base}/boot.ipxe")), "{unk}");
+    assert!(
+        unk.contains(&format!("chain --autofree {base}/boot.ipxe")),
+        "{unk}"
+    );
 
     // Unknown machine whose SMBIOS facts match the R650 rule → the R650 profile.
     let (s, matched) = get(
@@ -107,13 +155,19 @@ fn scripts_for_every_kind_of_machine() {
         &srv.url("/ipxe?mac=02-00-00-00-00-65&manufacturer=Dell%20Inc.&product=PowerEdge%20R650xs&platform=efi"),
     );
     assert_eq!(s, 200);
-    assert!(matched.contains("profile dell-r650") && matched.contains("inst.ks="), "{matched}");
+    assert!(
+        matched.contains("profile dell-r650") && matched.contains("inst.ks="),
+        "{matched}"
+    );
     let (s, mks) = get(&c, &srv.url("/ks/02:00:00:00:00:65"));
     assert_eq!(s, 200, "{mks}");
     assert!(mks.contains("nvme-Dell_BOSS-N1*"), "{mks}");
 
     // Request values are validated, never pasted: a hostile product string is dropped.
-    let (s, evil) = get(&c, &srv.url("/ipxe?mac=02:00:00:00:00:98&product=x%0Akernel%20http://evil/"));
+    let (s, evil) = get(
+        &c,
+        &srv.url("/ipxe?mac=02:00:00:00:00:98&product=x%0Akernel%20http://evil/"),
+    );
     assert_eq!(s, 200);
     assert!(!evil.contains("evil"), "{evil}");
 
@@ -124,15 +178,33 @@ fn scripts_for_every_kind_of_machine() {
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let disc = v["discovered"].as_array().unwrap();
-    assert!(disc.iter().any(|d| d["mac"] == "02:00:00:00:00:99" && d["facts"]["manufacturer"] == "QEMU"), "{hosts}");
-    assert!(disc.iter().any(|d| d["mac"] == "02:00:00:00:00:65" && d["profile"] == "dell-r650"));
+    assert!(
+        disc.iter()
+            .any(|d| d["mac"] == "02:00:00:00:00:99" && d["facts"]["manufacturer"] == "QEMU"),
+        "{hosts}"
+    );
+    assert!(disc
+        .iter()
+        .any(|d| d["mac"] == "02:00:00:00:00:65" && d["profile"] == "dell-r650"));
 
     let (s, m) = get(&c, &srv.url("/metrics"));
     assert_eq!(s, 200);
-    assert!(m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"200\"}"), "{m}");
-    assert!(m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"400\"} 1"), "{m}");
-    assert!(m.contains("pxeforge_scripts_served_total{outcome=\"host\"} 3"), "{m}");
-    assert!(m.contains("pxeforge_scripts_served_total{outcome=\"matched\"} 1"), "{m}");
+    assert!(
+        m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"400\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pxeforge_scripts_served_total{outcome=\"host\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pxeforge_scripts_served_total{outcome=\"matched\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -144,8 +216,16 @@ fn kickstarts_by_path_and_by_anaconda_headers() {
     let (s, ks) = get(&c, &srv.url("/ks/52-54-00-00-10-01"));
     assert_eq!(s, 200);
     assert!(ks.contains("# Kickstart for vm-bios-01"), "{ks}");
-    assert!(ks.contains(&format!("network --bootproto=dhcp --device={BIOS_MAC} --hostname=vm-bios-01 --activate")), "{ks}");
-    assert!(ks.contains("ignoredisk --only-use=disk/by-path/pci-0000:00:04.0"), "{ks}");
+    assert!(
+        ks.contains(&format!(
+            "network --bootproto=dhcp --device={BIOS_MAC} --hostname=vm-bios-01 --activate"
+        )),
+        "{ks}"
+    );
+    assert!(
+        ks.contains("ignoredisk --only-use=disk/by-path/pci-0000:00:04.0"),
+        "{ks}"
+    );
 
     let (s, ks) = get(&c, &srv.url("/ks/52:54:00:00:20:01"));
     assert_eq!(s, 200);
@@ -168,7 +248,11 @@ fn kickstarts_by_path_and_by_anaconda_headers() {
     assert!(ks.contains("# Kickstart for db-a01"), "{ks}");
     assert!(ks.contains(&format!("--device={R650_MAC}")), "{ks}");
     assert_eq!(get(&c, &srv.url("/ks")).0, 400);
-    let r = c.get(srv.url("/ks")).header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07").send().unwrap();
+    let r = c
+        .get(srv.url("/ks"))
+        .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -179,16 +263,38 @@ fn events_are_validated_stored_and_survive_a_restart() {
     {
         let srv = start(&f);
         let post = |body: &str, ct: &str| {
-            c.post(srv.url("/events")).header("Content-Type", ct).body(body.to_string()).send().unwrap().status()
+            c.post(srv.url("/events"))
+                .header("Content-Type", ct)
+                .body(body.to_string())
+                .send()
+                .unwrap()
+                .status()
         };
-        let ok = format!(r#"{{"mac":"{BIOS_MAC}","stage":"install","status":"started","message":"anaconda up"}}"#);
+        let ok = format!(
+            r#"{{"mac":"{BIOS_MAC}","stage":"install","status":"started","message":"anaconda up"}}"#
+        );
         assert_eq!(post(&ok, "application/json"), 201);
         let ok2 = "mac=52-54-00-00-10-01&stage=install&status=finished&message=done";
         assert_eq!(post(ok2, "application/x-www-form-urlencoded"), 201);
         assert_eq!(post("{not json", "application/json"), 400);
-        assert_eq!(post(r#"{"mac":"zz","stage":"x","status":"started"}"#, "application/json"), 400);
-        assert_eq!(post(&format!(r#"{{"mac":"{BIOS_MAC}","stage":"x","status":"exploded"}}"#), "application/json"), 400);
-        let huge = format!(r#"{{"mac":"{BIOS_MAC}","stage":"x","status":"info","message":"{}"}}"#, "a".repeat(100_000));
+        assert_eq!(
+            post(
+                r#"{"mac":"zz","stage":"x","status":"started"}"#,
+                "application/json"
+            ),
+            400
+        );
+        assert_eq!(
+            post(
+                &format!(r#"{{"mac":"{BIOS_MAC}","stage":"x","status":"exploded"}}"#),
+                "application/json"
+            ),
+            400
+        );
+        let huge = format!(
+            r#"{{"mac":"{BIOS_MAC}","stage":"x","status":"info","message":"{}"}}"#,
+            "a".repeat(100_000)
+        );
         assert_eq!(post(&huge, "application/json"), 413);
         let m = get(&c, &srv.url("/metrics")).1;
         assert!(m.contains("pxeforge_events_received_total 2"), "{m}");
@@ -198,10 +304,22 @@ fn events_are_validated_stored_and_survive_a_restart() {
     let (s, hosts) = get(&c, &srv.url("/api/hosts"));
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&hosts).unwrap();
-    let h = v["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "vm-bios-01").unwrap().clone();
+    let h = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "vm-bios-01")
+        .unwrap()
+        .clone();
     assert_eq!(h["last_event"]["status"], "finished", "{hosts}");
     assert_eq!(h["last_event"]["message"], "done");
-    let other = v["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "db-a01").unwrap().clone();
+    let other = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "db-a01")
+        .unwrap()
+        .clone();
     assert!(other["last_event"].is_null());
     assert_eq!(v["hosts"].as_array().unwrap().len(), 5);
 }
@@ -215,28 +333,53 @@ fn assets_with_range_head_etag_and_confinement() {
 
     let r = c.get(srv.url("/assets/sub/big.bin")).send().unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-length"], big.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let body = r.bytes().unwrap();
     assert_eq!(sha256_hex(&body), sha256_hex(&big));
 
-    let r = c.get(srv.url("/assets/sub/big.bin")).header("Range", "bytes=1000-1999").send().unwrap();
+    let r = c
+        .get(srv.url("/assets/sub/big.bin"))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 206);
-    assert_eq!(r.headers()["content-range"], format!("bytes 1000-1999/{}", big.len()).as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-1999/{}", big.len()).as_str()
+    );
     assert_eq!(&r.bytes().unwrap()[..], &big[1000..2000]);
 
-    let r = c.get(srv.url("/assets/sub/big.bin")).header("Range", "bytes=-10").send().unwrap();
+    let r = c
+        .get(srv.url("/assets/sub/big.bin"))
+        .header("Range", "bytes=-10")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(&r.bytes().unwrap()[..], &big[big.len() - 10..]);
 
-    let r = c.get(srv.url("/assets/sub/big.bin")).header("Range", "bytes=99999999-").send().unwrap();
+    let r = c
+        .get(srv.url("/assets/sub/big.bin"))
+        .header("Range", "bytes=99999999-")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 416);
 
     let r = c.head(srv.url("/assets/sub/big.bin")).send().unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-length"], big.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
 
-    let r = c.get(srv.url("/assets/sub/big.bin")).header("If-None-Match", &etag).send().unwrap();
+    let r = c
+        .get(srv.url("/assets/sub/big.bin"))
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 304);
 
     // Escapes: encoded dot-dot, a symlink out of the root, a directory, a missing file.
@@ -265,7 +408,8 @@ fn reload_keeps_the_last_good_site_on_a_broken_edit() {
     let f = fixture();
     let srv = start(&f);
     let c = Client::new();
-    let new_host = "\n[[host]]\nname = \"vm-new-01\"\nmac = \"52:54:00:00:40:01\"\nprofile = \"qemu-bios\"\n";
+    let new_host =
+        "\n[[host]]\nname = \"vm-new-01\"\nmac = \"52:54:00:00:40:01\"\nprofile = \"qemu-bios\"\n";
 
     // A broken edit: valid host plus a typo'd key. Nothing of it may be applied.
     let lab = f.site.join("hosts/lab.toml");
@@ -274,29 +418,59 @@ fn reload_keeps_the_last_good_site_on_a_broken_edit() {
     srv.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(srv.wait_log("reload refused", 1), "{}", srv.log_text());
     let log = srv.log_text();
-    assert!(log.contains("hosts/lab.toml:"), "errors name the file and line: {log}");
+    assert!(
+        log.contains("hosts/lab.toml:"),
+        "errors name the file and line: {log}"
+    );
     assert!(log.contains("profle"), "{log}");
-    assert_eq!(get(&c, &srv.url("/ks/52:54:00:00:40:01")).0, 404, "half-loaded a refused site");
-    assert_eq!(get(&c, &srv.url("/ks/52:54:00:00:10:01")).0, 200, "last good site still serves");
+    assert_eq!(
+        get(&c, &srv.url("/ks/52:54:00:00:40:01")).0,
+        404,
+        "half-loaded a refused site"
+    );
+    assert_eq!(
+        get(&c, &srv.url("/ks/52:54:00:00:10:01")).0,
+        200,
+        "last good site still serves"
+    );
 
     write(&lab, &format!("{good}{new_host}"));
     srv.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(srv.wait_log("site reloaded", 1), "{}", srv.log_text());
     assert_eq!(get(&c, &srv.url("/ks/52:54:00:00:40:01")).0, 200);
     let m = get(&c, &srv.url("/metrics")).1;
-    assert!(m.contains("pxeforge_site_reloads_total{result=\"failed\"} 1"), "{m}");
-    assert!(m.contains("pxeforge_site_reloads_total{result=\"ok\"} 1"), "{m}");
+    assert!(
+        m.contains("pxeforge_site_reloads_total{result=\"failed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pxeforge_site_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
 fn serve_refuses_a_broken_site() {
     let f = fixture();
-    write(&f.site.join("hosts/broken.toml"), "[[host]]\nname = \"x\"\nmac = \"nope\"\nprofile = \"qemu-bios\"\n");
+    write(
+        &f.site.join("hosts/broken.toml"),
+        "[[host]]\nname = \"x\"\nmac = \"nope\"\nprofile = \"qemu-bios\"\n",
+    );
     let out = std::process::Command::new(pxeforge_tests::pxeforge_bin())
-        .args(["serve", "--site", f.site.to_str().unwrap(), "--http", "127.0.0.1:0", "--no-tftp"])
+        .args([
+            "serve",
+            "--site",
+            f.site.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--no-tftp",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hosts/broken.toml:3: error: host \"x\": malformed MAC"), "{err}");
+    assert!(
+        err.contains("hosts/broken.toml:3: error: host \"x\": malformed MAC"),
+        "{err}"
+    );
 }

@@ -87,6 +87,48 @@ impl Content {
     }
 }
 
+/// Sequential reader over a [`Content`]: streamed files are read in large chunks, so a
+/// 512-byte lockstep transfer costs one `pread` per chunk instead of one per block.
+pub struct ReadAhead<'a> {
+    content: &'a Content,
+    chunk: Vec<u8>,
+    chunk_offset: u64,
+}
+
+/// Bytes read from disk at once for streamed files.
+pub const READ_AHEAD: usize = 256 * 1024;
+
+impl<'a> ReadAhead<'a> {
+    pub fn new(content: &'a Content) -> ReadAhead<'a> {
+        ReadAhead {
+            content,
+            chunk: Vec::new(),
+            chunk_offset: 0,
+        }
+    }
+
+    /// Fills `out` with the bytes at `offset`.
+    pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let Content::File { file, size } = self.content else {
+            return self.content.read_at(offset, out);
+        };
+        let end = offset
+            .checked_add(out.len() as u64)
+            .filter(|end| end <= size)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let chunk_end = self.chunk_offset + self.chunk.len() as u64;
+        if offset < self.chunk_offset || end > chunk_end {
+            let want = (READ_AHEAD.max(out.len()) as u64).min(size - offset) as usize;
+            self.chunk.resize(want, 0);
+            file.read_exact_at(&mut self.chunk, offset)?;
+            self.chunk_offset = offset;
+        }
+        let start = (offset - self.chunk_offset) as usize;
+        out.copy_from_slice(&self.chunk[start..start + out.len()]);
+        Ok(())
+    }
+}
+
 /// Where the bytes of a transfer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -267,6 +309,41 @@ mod tests {
         // m1 was the least recently used and made room for m3.
         assert_eq!(content(&cache, &root, "m3").1, Source::Hit);
         assert_eq!(content(&cache, &root, "m1").1, Source::Loaded);
+    }
+
+    #[test]
+    fn read_ahead_matches_direct_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let data: Vec<u8> = (0..(READ_AHEAD * 2 + 1000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(root.join("f"), &data).unwrap();
+        let cache = Cache::new(CacheLimits {
+            max_file_size: 10,
+            max_total: 10,
+        });
+        let (content, source) = cache
+            .content(open_confined(&root, Path::new("f")).unwrap())
+            .unwrap();
+        assert_eq!(source, Source::Streamed);
+        let mut reader = ReadAhead::new(&content);
+        // Forward, across chunk edges, then backwards (a retransmission), then past the end.
+        for (offset, len) in [
+            (0, 512),
+            (512, 700),
+            (READ_AHEAD as u64 - 10, 512),
+            (100, 50),
+        ] {
+            let mut buf = vec![0u8; len];
+            reader.read_at(offset, &mut buf).unwrap();
+            assert_eq!(buf, &data[offset as usize..offset as usize + len]);
+        }
+        let mut buf = vec![0u8; 2000];
+        assert!(reader.read_at(data.len() as u64 - 1000, &mut buf).is_err());
+        let mut buf = vec![0u8; 1000];
+        reader.read_at(data.len() as u64 - 1000, &mut buf).unwrap();
+        assert_eq!(buf, &data[data.len() - 1000..]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct TftpConfig {
     pub cache: CacheLimits,
     /// Netascii transfers are converted in memory; larger files are refused in that mode.
     pub netascii_max_size: u64,
+    /// Threads that drive transfers, each with its own single-threaded runtime.
+    pub threads: usize,
 }
 
 impl Default for TftpConfig {
@@ -53,6 +55,9 @@ impl Default for TftpConfig {
             max_windowsize: 64,
             cache: CacheLimits::default(),
             netascii_max_size: 16 << 20,
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
         }
     }
 }
@@ -66,6 +71,8 @@ pub enum TftpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TFTP service thread: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("TFTP root {}: {source}", root.display())]
     Root {
         root: PathBuf,

@@ -86,6 +86,15 @@ pub fn negotiate(options: &[RawOption<'_>], size: Option<u64>, limits: Limits) -
     out
 }
 
+/// Largest block size whose DATA packet fits one datagram on a path of `mtu` bytes, so that no
+/// block depends on IP fragmentation (some NICs' PXE stacks drop fragments).
+pub fn blksize_for_mtu(mtu: u32, ipv6: bool) -> u16 {
+    let ip_header = if ipv6 { 40 } else { 20 };
+    let udp_and_tftp = 8 + 4;
+    let fits = mtu.saturating_sub(ip_header + udp_and_tftp);
+    fits.clamp(8, u32::from(MAX_BLKSIZE)) as u16
+}
+
 fn known_name(raw: &[u8]) -> Option<&'static str> {
     ["blksize", "windowsize", "timeout", "tsize"]
         .into_iter()
@@ -181,6 +190,15 @@ mod tests {
         assert_eq!(n.blksize, 1024);
         assert_eq!(n.timeout, Some(Duration::from_secs(3)));
         assert_eq!(n.oack.len(), 2);
+    }
+
+    #[test]
+    fn blksize_fits_the_path() {
+        assert_eq!(blksize_for_mtu(1500, false), 1468);
+        assert_eq!(blksize_for_mtu(1500, true), 1448);
+        assert_eq!(blksize_for_mtu(9000, false), 8968);
+        assert_eq!(blksize_for_mtu(65536, false), MAX_BLKSIZE);
+        assert_eq!(blksize_for_mtu(0, false), 8);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use nix::sys::socket::{self as nixsock, ControlMessageOwned, MsgFlags, SockaddrS
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, Id, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -23,10 +25,14 @@ use crate::{TftpConfig, TftpError};
 
 /// Requests are small; 2 KiB holds any sane one, and longer datagrams are cut and then refused.
 const REQUEST_BUF: usize = 2048;
+/// Files opened at once on the blocking pool (each open is a few syscalls; more threads than
+/// this only add memory).
+const OPEN_CONCURRENCY: usize = 8;
 
 /// A bound TFTP server, not yet running.
 pub struct TftpServer {
-    socket: UdpSocket,
+    /// Registered with the TFTP thread's own runtime once running.
+    socket: std::net::UdpSocket,
     local_addr: SocketAddr,
     /// Bound to a wildcard address: each request's destination comes from IP_PKTINFO.
     pktinfo: bool,
@@ -60,7 +66,7 @@ impl TftpServer {
         }
         socket.set_nonblocking(true).map_err(bind_err)?;
         socket.bind(&addr.into()).map_err(bind_err)?;
-        let socket = UdpSocket::from_std(socket.into()).map_err(bind_err)?;
+        let socket: std::net::UdpSocket = socket.into();
         let local_addr = socket.local_addr().map_err(bind_err)?;
         let metrics = Arc::new(TftpMetrics::default());
         let cache = Cache::new(config.cache);
@@ -73,6 +79,7 @@ impl TftpServer {
                 root,
                 cache,
                 metrics,
+                opens: tokio::sync::Semaphore::new(OPEN_CONCURRENCY),
             }),
         })
     }
@@ -86,9 +93,82 @@ impl TftpServer {
     }
 
     /// Serves requests until `shutdown` completes; then ends every transfer in progress.
+    ///
+    /// TFTP runs on threads of its own (`config.threads`), each with a single-threaded tokio
+    /// runtime: a transfer stays on the thread it starts on, so a lockstep ACK costs one
+    /// wake-up and no hand-off between threads, and a boot storm cannot starve the HTTP
+    /// service's workers. The first thread also runs the listening socket.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), TftpError> {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<Result<(), TftpError>>();
+        let local_addr = self.local_addr;
+        let threads = self.shared.config.threads.max(1);
+        std::thread::Builder::new()
+            .name("pxeforge-tftp".into())
+            .spawn(move || {
+                let result = match Workers::start(threads - 1) {
+                    Ok(workers) => {
+                        let result = match current_thread_runtime() {
+                            Ok(rt) => {
+                                let mut handles = vec![rt.handle().clone()];
+                                handles.extend(workers.handles.iter().cloned());
+                                let result = rt.block_on(self.serve(stop_rx, handles));
+                                rt.shutdown_timeout(std::time::Duration::from_secs(2));
+                                result
+                            }
+                            Err(source) => Err(TftpError::Runtime(source)),
+                        };
+                        workers.stop();
+                        result
+                    }
+                    Err(source) => Err(TftpError::Runtime(source)),
+                };
+                let _ = done_tx.send(result);
+            })
+            .map_err(TftpError::Runtime)?;
         tokio::pin!(shutdown);
-        info!(addr = %self.local_addr, root = %self.shared.root.display(), "tftp: serving");
+        tokio::pin!(done_rx);
+        let finished = tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(());
+                done_rx.await
+            }
+            finished = &mut done_rx => finished,
+        };
+        finished.unwrap_or_else(|_| {
+            Err(TftpError::Runtime(std::io::Error::other(format!(
+                "TFTP thread for {local_addr} ended unexpectedly"
+            ))))
+        })
+    }
+
+    /// The listening loop, on the TFTP thread's runtime.
+    async fn serve(
+        self,
+        stop: oneshot::Receiver<()>,
+        workers: Vec<Handle>,
+    ) -> Result<(), TftpError> {
+        let TftpServer {
+            socket,
+            local_addr: addr,
+            pktinfo,
+            shared,
+        } = self;
+        let socket =
+            UdpSocket::from_std(socket).map_err(|source| TftpError::Bind { addr, source })?;
+        let listener = Listener {
+            socket,
+            pktinfo,
+            workers,
+            next_worker: std::cell::Cell::new(0),
+            shared,
+        };
+        // A dropped sender (the caller's task went away) also means stop.
+        let stop = async {
+            let _ = stop.await;
+        };
+        tokio::pin!(stop);
+        info!(addr = %addr, root = %listener.shared.root.display(), "tftp: serving");
         let mut tasks: JoinSet<()> = JoinSet::new();
         // The transfer of each client port, so that a new request from it replaces the old one.
         let mut by_client: HashMap<SocketAddr, (Id, AbortHandle)> = HashMap::new();
@@ -96,7 +176,7 @@ impl TftpServer {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut stop => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let id = match done {
                         Ok((id, ())) => id,
@@ -104,7 +184,7 @@ impl TftpServer {
                     };
                     by_client.retain(|_, (task, _)| *task != id);
                 }
-                received = recv_request(&self.socket, &mut buf, self.pktinfo) => {
+                received = recv_request(&listener.socket, &mut buf, listener.pktinfo) => {
                     let (n, peer, local_ip) = match received {
                         Ok(r) => r,
                         Err(err) => {
@@ -112,16 +192,87 @@ impl TftpServer {
                             continue;
                         }
                     };
-                    let local_ip = local_ip.unwrap_or(self.local_addr.ip());
-                    self.on_datagram(&buf[..n], peer, local_ip, &mut tasks, &mut by_client).await;
+                    let local_ip = local_ip.unwrap_or(addr.ip());
+                    listener.on_datagram(&buf[..n], peer, local_ip, &mut tasks, &mut by_client).await;
                 }
             }
         }
         tasks.shutdown().await;
-        info!(addr = %self.local_addr, "tftp: stopped");
+        info!(addr = %addr, "tftp: stopped");
         Ok(())
     }
+}
 
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Extra TFTP threads, each driving its own single-threaded runtime until told to stop.
+struct Workers {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for i in 0..n {
+            let rt = match current_thread_runtime() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    workers.stop();
+                    return Err(err);
+                }
+            };
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            workers.handles.push(rt.handle().clone());
+            workers.stops.push(stop_tx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("pxeforge-tftp-{}", i + 1))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+                });
+            match spawned {
+                Ok(thread) => workers.threads.push(thread),
+                Err(err) => {
+                    workers.stop();
+                    return Err(err);
+                }
+            }
+        }
+        Ok(workers)
+    }
+
+    fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The listening socket and what the sessions share, inside the TFTP thread.
+struct Listener {
+    socket: UdpSocket,
+    pktinfo: bool,
+    workers: Vec<Handle>,
+    next_worker: std::cell::Cell<usize>,
+    shared: Arc<Shared>,
+}
+
+impl Listener {
     async fn on_datagram(
         &self,
         datagram: &[u8],
@@ -164,8 +315,8 @@ impl TftpServer {
             metrics.record(Ended::Busy);
             return;
         }
-        let socket = match transfer_socket(local_ip, peer) {
-            Ok(socket) => socket,
+        let (socket, path_mtu) = match transfer_socket(local_ip, peer) {
+            Ok(pair) => pair,
             Err(err) => {
                 warn!(client = %peer, local = %local_ip, error = %err, "tftp: cannot open transfer socket");
                 metrics.record(Ended::IoError);
@@ -173,13 +324,21 @@ impl TftpServer {
             }
         };
         let guard = ActiveGuard::new(metrics.clone());
-        let handle = tasks.spawn(session::serve(
-            self.shared.clone(),
-            socket,
-            peer,
-            request,
-            guard,
-        ));
+        // Transfers are spread over the worker threads; each stays on the one it starts on.
+        let worker = &self.workers[self.next_worker.get() % self.workers.len()];
+        self.next_worker.set(self.next_worker.get().wrapping_add(1));
+        let shared = self.shared.clone();
+        let task = async move {
+            // Registered with the runtime of the worker that drives the transfer.
+            match UdpSocket::from_std(socket) {
+                Ok(socket) => session::serve(shared, socket, peer, request, path_mtu, guard).await,
+                Err(err) => {
+                    warn!(client = %peer, error = %err, "tftp: cannot register transfer socket");
+                    drop(guard);
+                }
+            }
+        };
+        let handle = tasks.spawn_on(task, worker);
         by_client.insert(peer, (handle.id(), handle));
     }
 }
@@ -209,8 +368,11 @@ fn owned(write: bool, r: &packet::Request<'_>) -> OwnedRequest {
 }
 
 /// A socket on a fresh port of the address the request came in on, connected to the client so
-/// that the kernel drops datagrams from any other transfer ID.
-fn transfer_socket(local_ip: IpAddr, peer: SocketAddr) -> std::io::Result<UdpSocket> {
+/// that the kernel drops datagrams from any other transfer ID; with the path MTU to the client.
+fn transfer_socket(
+    local_ip: IpAddr,
+    peer: SocketAddr,
+) -> std::io::Result<(std::net::UdpSocket, Option<u32>)> {
     let bind_addr = match (local_ip, peer) {
         (IpAddr::V6(ip), SocketAddr::V6(p)) => {
             SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, p.scope_id()))
@@ -232,7 +394,31 @@ fn transfer_socket(local_ip: IpAddr, peer: SocketAddr) -> std::io::Result<UdpSoc
     };
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    let mtu = path_mtu(&socket, peer.is_ipv6());
+    Ok((socket, mtu))
+}
+
+/// The kernel's path MTU of a connected socket (IP_MTU / IPV6_MTU), if it knows one.
+fn path_mtu(socket: &std::net::UdpSocket, ipv6: bool) -> Option<u32> {
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is open for the duration of the call and `mtu`/`len` describe a valid
+    // c_int-sized buffer, as getsockopt(2) requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && mtu > 0).then_some(mtu as u32)
 }
 
 /// Receives one datagram; with `pktinfo`, also the local address it was sent to.

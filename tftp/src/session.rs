@@ -10,11 +10,11 @@ use tokio::net::UdpSocket;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::{debug, info, warn};
 
-use crate::cache::{Cache, Content, Source};
+use crate::cache::{Cache, Content, ReadAhead, Source};
 use crate::confine::{check_name, open_confined, OpenError};
 use crate::metrics::{Ended, TftpMetrics};
 use crate::netascii;
-use crate::options::{negotiate, Limits};
+use crate::options::{blksize_for_mtu, negotiate, Limits};
 use crate::packet::{self, ErrorCode, Mode, Packet, RawOption};
 use crate::transfer::{Action, Event, Outcome, Params, Transfer};
 use crate::TftpConfig;
@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub root: PathBuf,
     pub cache: Cache,
     pub metrics: Arc<TftpMetrics>,
+    /// Bounds concurrent opens, so a boot storm does not spawn a blocking thread per request.
+    pub opens: tokio::sync::Semaphore,
 }
 
 /// Keeps the active-transfer gauge right and records an outcome even when the task is aborted.
@@ -67,10 +69,12 @@ pub(crate) async fn serve(
     socket: UdpSocket,
     peer: SocketAddr,
     request: OwnedRequest,
+    path_mtu: Option<u32>,
     mut guard: ActiveGuard,
 ) {
     let name = String::from_utf8_lossy(&request.filename).into_owned();
-    guard.ended = Some(serve_inner(&shared, &socket, peer, &name, request).await);
+    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu).await;
+    guard.ended = Some(ended);
 }
 
 async fn send_error(socket: &UdpSocket, code: ErrorCode, message: &str) {
@@ -95,6 +99,7 @@ async fn serve_inner(
     peer: SocketAddr,
     name: &str,
     request: OwnedRequest,
+    path_mtu: Option<u32>,
 ) -> Ended {
     if request.write {
         warn!(client = %peer, path = %name, "tftp: write request refused");
@@ -135,8 +140,12 @@ async fn serve_inner(
         .iter()
         .map(|(n, v)| RawOption { name: n, value: v })
         .collect();
+    // Clamp blksize to what the path to this client carries without fragmentation.
+    let path_max = path_mtu.map_or(packet::MAX_BLKSIZE, |mtu| {
+        blksize_for_mtu(mtu, peer.is_ipv6())
+    });
     let limits = Limits {
-        max_blksize: shared.config.max_blksize,
+        max_blksize: shared.config.max_blksize.min(path_max),
         max_windowsize: shared.config.max_windowsize,
     };
     let negotiated = negotiate(&raw, Some(content.len()), limits);
@@ -203,6 +212,7 @@ enum LoadError {
 
 /// Opens and reads on the blocking pool so that a slow disk never stalls the socket loops.
 async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Content, LoadError> {
+    let _permit = shared.opens.acquire().await.map_err(|_| LoadError::Join)?;
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         let opened = open_confined(&shared.root, &relative)?;
@@ -241,14 +251,17 @@ async fn run(
     stats: &mut Stats,
 ) -> std::io::Result<Outcome> {
     let (mut transfer, mut action) = Transfer::start(params);
+    let mut reader = ReadAhead::new(content);
     let mut out = vec![0u8; 4 + usize::from(params.blksize)];
     let mut inbuf = [0u8; 1024];
-    let mut deadline = TokioInstant::now() + timeout;
+    // One timer per transfer, re-armed in place: cheaper than a new timer per packet.
+    let timer = sleep_until(TokioInstant::now() + timeout);
+    tokio::pin!(timer);
     loop {
         match action {
             Action::SendOack { .. } => {
                 socket.send(oack).await?;
-                deadline = TokioInstant::now() + timeout;
+                timer.as_mut().reset(TokioInstant::now() + timeout);
             }
             Action::SendBlocks {
                 first,
@@ -259,7 +272,7 @@ async fn run(
                     let (offset, len) = transfer.block_range(index);
                     out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
                     out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
-                    content.read_at(offset, &mut out[4..4 + len])?;
+                    reader.read_at(offset, &mut out[4..4 + len])?;
                     send_data(socket, &out[..4 + len]).await?;
                     stats.bytes += len as u64;
                     metrics.add_bytes_sent(len as u64);
@@ -269,7 +282,7 @@ async fn run(
                     stats.retransmitted += n;
                     metrics.add_retransmitted(n);
                 }
-                deadline = TokioInstant::now() + timeout;
+                timer.as_mut().reset(TokioInstant::now() + timeout);
             }
             // A duplicate ACK does not re-arm the timer, so a stream of them cannot keep a
             // transfer alive forever.
@@ -285,6 +298,7 @@ async fn run(
             Action::Finish(outcome) => return Ok(outcome),
         }
         let event = tokio::select! {
+            biased;
             received = socket.recv(&mut inbuf) => match received {
                 Ok(n) => match packet::parse(&inbuf[..n]) {
                     Ok(Packet::Ack { block }) => Event::Ack(block),
@@ -295,7 +309,7 @@ async fn run(
                 Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Event::ClientError,
                 Err(err) => return Err(err),
             },
-            _ = sleep_until(deadline) => Event::Timeout,
+            _ = &mut timer => Event::Timeout,
         };
         action = transfer.on_event(event);
     }

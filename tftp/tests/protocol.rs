@@ -272,3 +272,41 @@ async fn garbage_ends_a_transfer_and_stray_packets_are_ignored() {
     ));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_dual_stack_wildcard() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: no IPv6 loopback");
+        return;
+    }
+    let t = tree();
+    let data = pattern(4000, 9);
+    std::fs::write(t.root.join("f"), &data).unwrap();
+    let server = start("[::]:0", &t.root, |_| {}).await;
+    let port = server.addr.port();
+    let v6 = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let to: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    sock_fetch_checks_source(&v6, to, &data).await;
+    // An IPv4 client reaches the dual-stack socket; its reply comes from the v4 address too.
+    let v4 = client().await;
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sock_fetch_checks_source(&v4, to, &data).await;
+    server.stop().await;
+}
+
+async fn sock_fetch_checks_source(
+    sock: &tokio::net::UdpSocket,
+    to: std::net::SocketAddr,
+    data: &[u8],
+) {
+    sock.send_to(&rrq(b"f", &[]), to).await.unwrap();
+    let (pkt, from) = recv(sock).await;
+    assert_eq!(from.ip(), to.ip(), "reply source for {to}");
+    assert_eq!(data_block(&pkt), Some((1, 512)));
+    let abort = packet::encode_error(ErrorCode::NotDefined, "done");
+    sock.send_to(&abort, from).await.unwrap();
+    assert_eq!(
+        fetch_raw(sock, to, &rrq(b"f", &[("blksize", "1024")])).await,
+        Fetch::Data(data.to_vec())
+    );
+}

@@ -9,7 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The Debian kernel + busybox-static from scripts/fetch-test-assets.sh, or None (with a SKIP
@@ -17,16 +20,24 @@ pub fn repo_root() -> PathBuf {
 pub fn assets() -> Option<PathBuf> {
     let root = repo_root();
     let dir = root.join(".cache/test-assets");
-    let ok = Command::new(root.join("scripts/fetch-test-assets.sh")).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new(root.join("scripts/fetch-test-assets.sh"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok || !dir.join("vmlinuz").is_file() || !dir.join("busybox").is_file() {
-        eprintln!("SKIP: scripts/fetch-test-assets.sh could not provide the test kernel and busybox");
+        eprintln!(
+            "SKIP: scripts/fetch-test-assets.sh could not provide the test kernel and busybox"
+        );
         return None;
     }
     Some(dir)
 }
 
 pub fn kver(assets: &Path) -> String {
-    std::fs::read_to_string(assets.join("kver")).unwrap().trim().to_string()
+    std::fs::read_to_string(assets.join("kver"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 pub struct Site {
@@ -35,11 +46,18 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
-        let tmp = tempfile::Builder::new().prefix("pxf-img-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("pxf-img-")
+            .tempdir()
+            .unwrap();
         for d in ["images", "profiles", ".cache"] {
             std::fs::create_dir_all(tmp.path().join(d)).unwrap();
         }
-        std::os::unix::fs::symlink(repo_root().join(".cache/test-assets"), tmp.path().join(".cache/test-assets")).unwrap();
+        std::os::unix::fs::symlink(
+            repo_root().join(".cache/test-assets"),
+            tmp.path().join(".cache/test-assets"),
+        )
+        .unwrap();
         Site { tmp }
     }
     pub fn dir(&self) -> &Path {
@@ -62,12 +80,28 @@ impl Site {
         assert!(diags.is_empty(), "{diags:?}");
         recipes.into_iter().find(|r| r.name == name).unwrap()
     }
-    pub fn build(&self, recipe: &str, profile: &ib::ProfileLayer, force: bool) -> Result<ib::BuildOutcome, ib::BuildError> {
+    pub fn build(
+        &self,
+        recipe: &str,
+        profile: &ib::ProfileLayer,
+        force: bool,
+    ) -> Result<ib::BuildOutcome, ib::BuildError> {
         let r = self.recipe(recipe);
-        let diags = ib::check_recipes(self.dir(), std::slice::from_ref(&r), std::slice::from_ref(profile));
+        let diags = ib::check_recipes(
+            self.dir(),
+            std::slice::from_ref(&r),
+            std::slice::from_ref(profile),
+        );
         assert!(diags.is_empty(), "{diags:?}");
         let state = self.state();
-        ib::build(ib::BuildRequest { site_dir: self.dir(), state_dir: &state, recipe: &r, profile, force, progress: &ib::NoProgress })
+        ib::build(ib::BuildRequest {
+            site_dir: self.dir(),
+            state_dir: &state,
+            recipe: &r,
+            profile,
+            force,
+            progress: &ib::NoProgress,
+        })
     }
 }
 
@@ -116,7 +150,18 @@ minor = 1
 /// Runs QEMU until `marker` shows on the serial console (true) or the VM stops / times out (false).
 pub fn qemu_until(args: &[&str], marker: &str, timeout: Duration) -> (bool, String) {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-net", "none", "-monitor", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-net",
+            "none",
+            "-monitor",
+            "none",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -164,7 +209,12 @@ pub fn snapshot(dir: &Path) -> Vec<(String, String)> {
     }
     for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let what = if e.path_is_symlink() {
             format!("-> {}", std::fs::read_link(e.path()).unwrap().display())
         } else if e.file_type().is_file() {
@@ -179,6 +229,10 @@ pub fn snapshot(dir: &Path) -> Vec<(String, String)> {
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

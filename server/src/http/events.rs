@@ -36,7 +36,8 @@ pub struct ValidEvent {
 fn word(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Pure validation of a decoded body.
@@ -55,12 +56,18 @@ pub fn validate(b: EventBody) -> Result<ValidEvent, String> {
         mac,
         stage: b.stage,
         status: b.status,
-        message: b.message.chars().filter(|c| !c.is_control() || *c == '\n').collect(),
+        message: b
+            .message
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\n')
+            .collect(),
     })
 }
 
 pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<EventBody, String> {
-    let ct = content_type.unwrap_or("application/json").to_ascii_lowercase();
+    let ct = content_type
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
     if ct.starts_with("application/x-www-form-urlencoded") {
         let mut mac = None;
         let mut stage = None;
@@ -70,7 +77,10 @@ pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<EventBody, Stri
             let mut it = pair.splitn(2, |&b| b == b'=');
             let k = it.next().unwrap_or_default();
             let v = it.next().unwrap_or_default();
-            let plus: Vec<u8> = v.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+            let plus: Vec<u8> = v
+                .iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect();
             let v = percent_encoding::percent_decode(&plus)
                 .decode_utf8()
                 .map_err(|_| "form value is not UTF-8".to_string())?
@@ -111,13 +121,23 @@ pub async fn post_event(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return reject(StatusCode::PAYLOAD_TOO_LARGE, format!("event body over {limit} bytes"));
+        return reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("event body over {limit} bytes"),
+        );
     }
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => return reject(StatusCode::PAYLOAD_TOO_LARGE, format!("event body over {limit} bytes")),
+        Err(_) => {
+            return reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("event body over {limit} bytes"),
+            )
+        }
     };
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let ev = match decode(ct, &bytes).and_then(validate) {
         Ok(e) => e,
         Err(e) => return reject(StatusCode::BAD_REQUEST, e),
@@ -194,13 +214,18 @@ pub async fn api_hosts(State(st): State<AppState>) -> Response {
         let discovered: Vec<DiscoveredView> = store
             .discovered()?
             .into_iter()
-            .filter(|(mac, ..)| mac.parse::<Mac>().map(|m| site.host_by_mac(&m).is_none()).unwrap_or(true))
-            .map(|(mac, profile, facts, seen_at)| DiscoveredView {
-                last_event: last.remove(&mac),
-                mac,
-                profile,
-                facts: serde_json::from_str(&facts).unwrap_or(serde_json::Value::Null),
-                seen_at,
+            .filter(|d| {
+                d.mac
+                    .parse::<Mac>()
+                    .map(|m| site.host_by_mac(&m).is_none())
+                    .unwrap_or(true)
+            })
+            .map(|d| DiscoveredView {
+                last_event: last.remove(&d.mac),
+                facts: serde_json::from_str(&d.facts).unwrap_or(serde_json::Value::Null),
+                mac: d.mac,
+                profile: d.profile,
+                seen_at: d.seen_at,
             })
             .collect();
         Ok(serde_json::json!({ "hosts": hosts, "discovered": discovered }))
@@ -223,7 +248,11 @@ mod tests {
 
     #[test]
     fn json_and_form_bodies() {
-        let j = decode(Some("application/json"), br#"{"mac":"52:54:00:00:00:01","stage":"post","status":"finished"}"#).unwrap();
+        let j = decode(
+            Some("application/json"),
+            br#"{"mac":"52:54:00:00:00:01","stage":"post","status":"finished"}"#,
+        )
+        .unwrap();
         assert_eq!(validate(j).unwrap().status, "finished");
         let f = decode(
             Some("application/x-www-form-urlencoded"),
@@ -233,10 +262,22 @@ mod tests {
         let v = validate(f).unwrap();
         assert_eq!(v.message, "hello world!");
         assert!(decode(None, b"{not json").is_err());
-        assert!(decode(None, br#"{"mac":"x","stage":"a","status":"started","extra":1}"#).is_err());
-        let bad = decode(None, br#"{"mac":"52:54:00:00:00:01","stage":"a","status":"exploded"}"#).unwrap();
+        assert!(decode(
+            None,
+            br#"{"mac":"x","stage":"a","status":"started","extra":1}"#
+        )
+        .is_err());
+        let bad = decode(
+            None,
+            br#"{"mac":"52:54:00:00:00:01","stage":"a","status":"exploded"}"#,
+        )
+        .unwrap();
         assert!(validate(bad).is_err());
-        let bad = decode(None, br#"{"mac":"52:54:00:00:00:01","stage":"a b","status":"started"}"#).unwrap();
+        let bad = decode(
+            None,
+            br#"{"mac":"52:54:00:00:00:01","stage":"a b","status":"started"}"#,
+        )
+        .unwrap();
         assert!(validate(bad).is_err());
     }
 

@@ -84,7 +84,12 @@ pub fn base_url(st: &AppState, site: &Site, headers: &HeaderMap) -> String {
         return b.clone();
     }
     if !site.settings.server.base_url.is_empty() {
-        return site.settings.server.base_url.trim_end_matches('/').to_string();
+        return site
+            .settings
+            .server
+            .base_url
+            .trim_end_matches('/')
+            .to_string();
     }
     let host = headers
         .get(header::HOST)
@@ -92,8 +97,9 @@ pub fn base_url(st: &AppState, site: &Site, headers: &HeaderMap) -> String {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']')
+                })
         });
     match host {
         Some(h) => format!("http://{h}"),
@@ -121,7 +127,12 @@ async fn tftp_files(
 
 async fn images(
     State(st): State<AppState>,
-    axum::extract::Path((recipe, profile, id, file)): axum::extract::Path<(String, String, String, String)>,
+    axum::extract::Path((recipe, profile, id, file)): axum::extract::Path<(
+        String,
+        String,
+        String,
+        String,
+    )>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -144,7 +155,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
         w(&mut out);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

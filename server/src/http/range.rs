@@ -14,7 +14,9 @@ pub enum RangeDecision {
 /// Only single ranges are honoured; a multi-range request gets the whole file (allowed by
 /// RFC 9110 §14.2, and no boot client asks for several ranges).
 pub fn decide_range(header: Option<&str>, len: u64) -> RangeDecision {
-    let Some(h) = header else { return RangeDecision::Full };
+    let Some(h) = header else {
+        return RangeDecision::Full;
+    };
     let Some(spec) = h.trim().strip_prefix("bytes=") else {
         return RangeDecision::Full;
     };
@@ -47,7 +49,9 @@ pub fn decide_range(header: Option<&str>, len: u64) -> RangeDecision {
             None => RangeDecision::Full,
         },
         (false, _) => {
-            let Some(start) = parse(a) else { return RangeDecision::Full };
+            let Some(start) = parse(a) else {
+                return RangeDecision::Full;
+            };
             let end = if b.is_empty() {
                 Some(u64::MAX)
             } else {
@@ -81,7 +85,9 @@ pub fn etag(len: u64, mtime_ns: u128, ino: u64) -> String {
 pub fn none_match(header: Option<&str>, tag: &str) -> bool {
     let Some(h) = header else { return false };
     let bare = tag.trim_start_matches("W/");
-    h.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+    h.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
 }
 
 #[cfg(test)]
@@ -93,11 +99,26 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(decide_range(None, 10), Full);
-        assert_eq!(decide_range(Some("bytes=0-3"), 10), Partial { start: 0, end: 3 });
-        assert_eq!(decide_range(Some("bytes=5-"), 10), Partial { start: 5, end: 9 });
-        assert_eq!(decide_range(Some("bytes=-4"), 10), Partial { start: 6, end: 9 });
-        assert_eq!(decide_range(Some("bytes=-40"), 10), Partial { start: 0, end: 9 });
-        assert_eq!(decide_range(Some("bytes=8-100"), 10), Partial { start: 8, end: 9 });
+        assert_eq!(
+            decide_range(Some("bytes=0-3"), 10),
+            Partial { start: 0, end: 3 }
+        );
+        assert_eq!(
+            decide_range(Some("bytes=5-"), 10),
+            Partial { start: 5, end: 9 }
+        );
+        assert_eq!(
+            decide_range(Some("bytes=-4"), 10),
+            Partial { start: 6, end: 9 }
+        );
+        assert_eq!(
+            decide_range(Some("bytes=-40"), 10),
+            Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            decide_range(Some("bytes=8-100"), 10),
+            Partial { start: 8, end: 9 }
+        );
         assert_eq!(decide_range(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(decide_range(Some("bytes=-0"), 10), Unsatisfiable);
         assert_eq!(decide_range(Some("bytes=0-1,4-5"), 10), Full);

@@ -109,7 +109,11 @@ async fn remember_unknown(st: &AppState, mac: Mac, profile: Option<&str>, facts:
             mac: mac.to_string(),
             host: None,
             stage: "discovery".into(),
-            status: if profile.is_some() { "matched".into() } else { "unknown".into() },
+            status: if profile.is_some() {
+                "matched".into()
+            } else {
+                "unknown".into()
+            },
             message: facts_json,
             at: now,
             remote: String::new(),
@@ -131,7 +135,10 @@ async fn kickstart_for(st: &AppState, mac: Mac, headers: &HeaderMap) -> Response
         if !host.install || !render::has_kickstart(profile) {
             return (
                 StatusCode::NOT_FOUND,
-                format!("host {} is not to be installed from a kickstart\n", host.name),
+                format!(
+                    "host {} is not to be installed from a kickstart\n",
+                    host.name
+                ),
             )
                 .into_response();
         }
@@ -209,8 +216,14 @@ mod tests {
     #[test]
     fn sendmac_headers() {
         let mut h = HeaderMap::new();
-        h.insert("X-RHN-Provisioning-MAC-1", "eth1 52:54:00:00:00:02".parse().unwrap());
-        h.insert("X-RHN-Provisioning-MAC-0", "eth0 52:54:00:00:00:01".parse().unwrap());
+        h.insert(
+            "X-RHN-Provisioning-MAC-1",
+            "eth1 52:54:00:00:00:02".parse().unwrap(),
+        );
+        h.insert(
+            "X-RHN-Provisioning-MAC-0",
+            "eth0 52:54:00:00:00:01".parse().unwrap(),
+        );
         h.insert("X-RHN-Provisioning-MAC-2", "eth2 garbage".parse().unwrap());
         let macs = macs_from_headers(&h);
         assert_eq!(macs.len(), 2);

@@ -36,24 +36,37 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Collects diagnostics for one file and turns byte offsets into line numbers.
-pub struct FileDiags<'a> {
+pub struct FileDiags {
     pub file: PathBuf,
-    text: &'a str,
+    /// Byte offset of the start of each line, so that a host file of 10,000 entries costs
+    /// a binary search per lookup instead of a scan from the top.
+    line_starts: Vec<usize>,
     pub out: Vec<Diagnostic>,
 }
 
-impl<'a> FileDiags<'a> {
-    pub fn new(site_dir: &Path, path: &Path, text: &'a str) -> Self {
+impl FileDiags {
+    pub fn new(site_dir: &Path, path: &Path, text: &str) -> Self {
         let file = path.strip_prefix(site_dir).unwrap_or(path).to_path_buf();
+        let line_starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
         FileDiags {
             file,
-            text,
+            line_starts,
             out: Vec::new(),
         }
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
-        line_of(self.text, offset)
+        match self.line_starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
     }
 
     pub fn error_at(&mut self, offset: usize, message: impl Into<String>) {
@@ -85,7 +98,11 @@ impl<'a> FileDiags<'a> {
 
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 pub fn has_errors(diags: &[Diagnostic]) -> bool {
@@ -95,6 +112,15 @@ pub fn has_errors(diags: &[Diagnostic]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexed_lines_agree_with_counting() {
+        let t = "a\nbb\n\nccc\n";
+        let fd = FileDiags::new(Path::new("/"), Path::new("/x.toml"), t);
+        for off in 0..t.len() + 3 {
+            assert_eq!(fd.line_of(off), line_of(t, off), "offset {off}");
+        }
+    }
 
     #[test]
     fn lines_count_from_one() {

@@ -9,8 +9,8 @@ pub mod settings;
 
 use crate::mac::Mac;
 use crate::render::Templates;
-pub use diag::{Diagnostic, Severity};
 use diag::{has_errors, FileDiags};
+pub use diag::{Diagnostic, Severity};
 pub use host::{Host, NetMode, Network};
 pub use profile::{BootMethod, Profile};
 pub use settings::Settings;
@@ -76,6 +76,11 @@ impl Site {
         };
         site.index();
         diags.extend(site.check_references());
+        diags.extend(
+            pxeforge_imagebuilder::check_store_limits(&site.state_dir(), &site.profile_layers())
+                .into_iter()
+                .map(from_builder_diag),
+        );
         diags.extend(crate::render::check_all(&site));
         if has_errors(&diags) {
             return Err(SiteErrors(diags));
@@ -151,7 +156,10 @@ impl Site {
     }
 
     pub fn profile_layers(&self) -> Vec<pxeforge_imagebuilder::ProfileLayer> {
-        self.profiles.values().map(|p| p.layer_for_images()).collect()
+        self.profiles
+            .values()
+            .map(|p| p.layer_for_images())
+            .collect()
     }
 
     pub fn host_by_mac(&self, mac: &Mac) -> Option<&Host> {
@@ -249,7 +257,10 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
         diags.push(Diagnostic {
             file: PathBuf::from("pxeforge.toml"),
             line: 0,
-            message: format!("no pxeforge.toml in {}: is --site the site directory?", dir.display()),
+            message: format!(
+                "no pxeforge.toml in {}: is --site the site directory?",
+                dir.display()
+            ),
             severity: Severity::Error,
         });
         return None;
@@ -262,13 +273,14 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
             if let Some(pool) = &s.dhcp.pool {
                 if u32::from(pool.start) > u32::from(pool.end) || !(1..=32).contains(&pool.prefix) {
                     let off = text.find("[dhcp.pool]").unwrap_or(0);
-                    fd.error_at(off, "dhcp pool: start must not be above end, prefix 1 to 32");
+                    fd.error_at(
+                        off,
+                        "dhcp pool: start must not be above end, prefix 1 to 32",
+                    );
                 }
             }
-            if !s.server.base_url.is_empty()
-                && !(s.server.base_url.starts_with("http://")
-                    || s.server.base_url.starts_with("https://"))
-            {
+            let b = &s.server.base_url;
+            if !(b.is_empty() || b.starts_with("http://") || b.starts_with("https://")) {
                 let off = text.find("base_url").unwrap_or(0);
                 fd.error_at(off, "server.base_url must start with http:// or https://");
             }
@@ -286,7 +298,9 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
 fn load_profiles(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Profile> {
     let mut out = BTreeMap::new();
     for path in toml_files(dir, "profiles", diags) {
-        let Some(text) = read(dir, &path, diags) else { continue };
+        let Some(text) = read(dir, &path, diags) else {
+            continue;
+        };
         let mut fd = FileDiags::new(dir, &path, &text);
         let name = path
             .file_stem()
@@ -307,18 +321,31 @@ fn load_profiles(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Pr
                         format!("disk {disk:?} must be a device path such as /dev/disk/by-path/... or /dev/disk/by-id/nvme-*"),
                     );
                 }
-                if disk.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'') {
-                    fd.error_at(p.disk.span().start, "disk must not contain spaces or quotes");
+                if disk
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+                {
+                    fd.error_at(
+                        p.disk.span().start,
+                        "disk must not contain spaces or quotes",
+                    );
                 }
                 for m in &p.match_rules {
                     let r = m.get_ref();
                     if r.manufacturer.is_none() && r.product.is_none() {
-                        fd.error_at(m.span().start, "a [[match]] rule needs manufacturer and/or product");
+                        fd.error_at(
+                            m.span().start,
+                            "a [[match]] rule needs manufacturer and/or product",
+                        );
                     }
                 }
                 for arg in p.kernel_args.iter().chain(p.console.iter()) {
                     if arg.chars().any(|c| c.is_control()) {
-                        fd.push(0, Severity::Error, "kernel_args and console must be single-line");
+                        fd.push(
+                            0,
+                            Severity::Error,
+                            "kernel_args and console must be single-line",
+                        );
                     }
                 }
                 if let Some(l) = &p.layer {
@@ -334,7 +361,10 @@ fn load_profiles(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Pr
                     .unwrap_or_else(|| "centos-stream.ks".to_string());
                 if !dir.join("kickstarts").join(&kickstart).is_file() {
                     let off = p.kickstart.as_ref().map(|k| k.span().start).unwrap_or(0);
-                    fd.error_at(off, format!("kickstart template kickstarts/{kickstart} does not exist"));
+                    fd.error_at(
+                        off,
+                        format!("kickstart template kickstarts/{kickstart} does not exist"),
+                    );
                 }
                 out.insert(
                     name.clone(),
@@ -349,7 +379,11 @@ fn load_profiles(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Pr
                         disk: p.disk.into_inner(),
                         interface: p.interface,
                         drivers: p.drivers,
-                        firmware_files: p.firmware_files.into_iter().map(|f| f.into_inner()).collect(),
+                        firmware_files: p
+                            .firmware_files
+                            .into_iter()
+                            .map(|f| f.into_inner())
+                            .collect(),
                         boot: p.boot,
                         release: p.release.map(|r| r.into_inner()),
                         kickstart,
@@ -372,9 +406,15 @@ fn check_inside_site(dir: &Path, rel: &Path, offset: usize, what: &str, fd: &mut
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir));
     if escapes {
-        fd.error_at(offset, format!("{what} path {} must stay inside the site", rel.display()));
+        fd.error_at(
+            offset,
+            format!("{what} path {} must stay inside the site", rel.display()),
+        );
     } else if !dir.join(rel).exists() {
-        fd.error_at(offset, format!("{what} path {} does not exist", rel.display()));
+        fd.error_at(
+            offset,
+            format!("{what} path {} does not exist", rel.display()),
+        );
     }
 }
 
@@ -388,7 +428,9 @@ fn load_hosts(
     let mut seen_name: HashMap<String, String> = HashMap::new();
     let mut seen_uuid: HashMap<String, String> = HashMap::new();
     for path in toml_files(dir, "hosts", diags) {
-        let Some(text) = read(dir, &path, diags) else { continue };
+        let Some(text) = read(dir, &path, diags) else {
+            continue;
+        };
         let mut fd = FileDiags::new(dir, &path, &text);
         let file = match toml::from_str::<host::HostsFile>(&text) {
             Ok(f) => f,
@@ -412,7 +454,10 @@ fn load_hosts(
                 );
             }
             if let Some(prev) = seen_name.insert(name.clone(), here(h.name.span(), &fd)) {
-                fd.error_at(h.name.span().start, format!("duplicate host name {name:?} (first at {prev})"));
+                fd.error_at(
+                    h.name.span().start,
+                    format!("duplicate host name {name:?} (first at {prev})"),
+                );
             }
             let mac_off = h.mac.span().start;
             let raw_macs: Vec<String> = match h.mac.into_inner() {
@@ -422,13 +467,22 @@ fn load_hosts(
                     .filter_map(|m| match m {
                         toml::Value::String(s) => Some(s),
                         other => {
-                            fd.error_at(mac_off, format!("host {name:?}: MAC {other} is not a string"));
+                            fd.error_at(
+                                mac_off,
+                                format!("host {name:?}: MAC {other} is not a string"),
+                            );
                             None
                         }
                     })
                     .collect(),
                 other => {
-                    fd.error_at(mac_off, format!("host {name:?}: mac must be a string or a list of strings, not {}", other.type_str()));
+                    fd.error_at(
+                        mac_off,
+                        format!(
+                            "host {name:?}: mac must be a string or a list of strings, not {}",
+                            other.type_str()
+                        ),
+                    );
                     Vec::new()
                 }
             };
@@ -436,7 +490,10 @@ fn load_hosts(
             for m in raw_macs {
                 match m.parse::<Mac>() {
                     Ok(mac) => {
-                        if let Some(prev) = seen_mac.insert(mac, format!("{}:{}", fd.file.display(), fd.line_of(mac_off))) {
+                        if let Some(prev) = seen_mac.insert(
+                            mac,
+                            format!("{}:{}", fd.file.display(), fd.line_of(mac_off)),
+                        ) {
                             fd.error_at(mac_off, format!("duplicate MAC {mac} (first at {prev})"));
                         }
                         macs.push(mac);
@@ -458,7 +515,10 @@ fn load_hosts(
                     fd.error_at(u.span().start, format!("uuid {v:?} is not a UUID"));
                 }
                 if let Some(prev) = seen_uuid.insert(v.clone(), here(u.span(), &fd)) {
-                    fd.error_at(u.span().start, format!("duplicate uuid {v:?} (first at {prev})"));
+                    fd.error_at(
+                        u.span().start,
+                        format!("duplicate uuid {v:?} (first at {prev})"),
+                    );
                 }
                 v
             });
@@ -496,9 +556,10 @@ fn compile_network(n: host::NetworkEntry, off: usize, name: &str, fd: &mut FileD
         ..Network::default()
     };
     match (&n.mode, &n.address) {
-        (NetMode::Static, None) => {
-            fd.error_at(off, format!("host {name:?}: static network needs `address` (CIDR)"))
-        }
+        (NetMode::Static, None) => fd.error_at(
+            off,
+            format!("host {name:?}: static network needs `address` (CIDR)"),
+        ),
         (_, Some(a)) => match host::parse_cidr(a) {
             Ok((addr, prefix)) => {
                 net.address = Some(addr);
@@ -511,7 +572,10 @@ fn compile_network(n: host::NetworkEntry, off: usize, name: &str, fd: &mut FileD
     }
     if let Some(d) = &net.domain {
         if !d.split('.').all(valid_hostname) {
-            fd.error_at(off, format!("host {name:?}: domain {d:?} is not a DNS name"));
+            fd.error_at(
+                off,
+                format!("host {name:?}: domain {d:?} is not a DNS name"),
+            );
         }
     }
     net
@@ -529,6 +593,7 @@ fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() == 5
         && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
-

@@ -4,7 +4,13 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-pub fn args(interface: &str, first: Ipv4Addr, last: Ipv4Addr, netmask: Ipv4Addr, leases: &Path) -> Vec<String> {
+pub fn args(
+    interface: &str,
+    first: Ipv4Addr,
+    last: Ipv4Addr,
+    netmask: Ipv4Addr,
+    leases: &Path,
+) -> Vec<String> {
     vec![
         "--no-daemon".into(),
         "--conf-file=/dev/null".into(),
@@ -34,6 +40,8 @@ mod tests {
         );
         assert!(a.contains(&"--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h".to_string()));
         assert!(a.contains(&"--port=0".to_string()));
-        assert!(!a.iter().any(|x| x.starts_with("--dhcp-boot") || x.contains("tftp")));
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("--dhcp-boot") || x.contains("tftp")));
     }
 }

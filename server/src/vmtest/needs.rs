@@ -26,8 +26,14 @@ pub struct Facts {
 pub const BIOS_ROM: &str = "/usr/lib/ipxe/qemu/pxe-virtio.rom";
 /// OVMF code and its variable store template, newest layout first.
 pub const OVMF_PAIRS: &[(&str, &str)] = &[
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
 ];
 
 /// Looks at the machine. No side effects.
@@ -57,10 +63,18 @@ pub fn missing(f: &Facts, firmware: Firmware, dnsmasq: bool) -> Vec<Missing> {
             });
         }
     };
-    need(f.root, "root (network namespaces, taps, ports 67/69)", "run as root");
+    need(
+        f.root,
+        "root (network namespaces, taps, ports 67/69)",
+        "run as root",
+    );
     need(f.ip, "the `ip` command", "iproute2");
     need(f.qemu, "qemu-system-x86_64", "qemu-system-x86");
-    need(f.tun, "/dev/net/tun", "the tun kernel module (modprobe tun)");
+    need(
+        f.tun,
+        "/dev/net/tun",
+        "the tun kernel module (modprobe tun)",
+    );
     match firmware {
         Firmware::Bios => need(f.bios_rom.is_some(), BIOS_ROM, "ipxe-qemu"),
         Firmware::Uefi => need(
@@ -70,7 +84,11 @@ pub fn missing(f: &Facts, firmware: Firmware, dnsmasq: bool) -> Vec<Missing> {
         ),
     }
     if dnsmasq {
-        need(f.dnsmasq, "dnsmasq (the site's own DHCP server in proxy mode)", "dnsmasq-base");
+        need(
+            f.dnsmasq,
+            "dnsmasq (the site's own DHCP server in proxy mode)",
+            "dnsmasq-base",
+        );
     }
     out
 }

@@ -21,18 +21,36 @@ pub struct Netns {
 impl Netns {
     /// Creates `pxf-vm-<id>` with bridge + tap + `server/prefix` on the bridge; with
     /// `dhcp_server` also `pxf-vmd-<id>` holding the other end of a veth with that address.
-    pub fn create(id: u32, server: Ipv4Addr, prefix: u8, dhcp_server: Option<Ipv4Addr>) -> Result<Netns> {
+    pub fn create(
+        id: u32,
+        server: Ipv4Addr,
+        prefix: u8,
+        dhcp_server: Option<Ipv4Addr>,
+    ) -> Result<Netns> {
         let name = format!("pxf-vm-{id}");
         ip(&["netns", "add", &name])?;
         // From here on a failure still removes the namespace.
-        let mut ns = Netns { name, dhcp_ns: None };
+        let mut ns = Netns {
+            name,
+            dhcp_ns: None,
+        };
         let n = ns.name.clone();
         let cidr = format!("{server}/{prefix}");
         for args in [
             vec!["link", "set", "lo", "up"],
             vec!["link", "add", BRIDGE, "type", "bridge"],
             // No STP delay: the firmware's first DHCP packets must pass at once.
-            vec!["link", "set", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state", "0"],
+            vec![
+                "link",
+                "set",
+                BRIDGE,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "stp_state",
+                "0",
+            ],
             vec!["addr", "add", &cidr, "dev", BRIDGE],
             vec!["link", "set", BRIDGE, "up"],
             vec!["tuntap", "add", "dev", TAP, "mode", "tap"],
@@ -45,7 +63,19 @@ impl Netns {
             let d = format!("pxf-vmd-{id}");
             ip(&["netns", "add", &d])?;
             ns.dhcp_ns = Some(d.clone());
-            ip_in(&n, &["link", "add", VETH_BRIDGE_SIDE, "type", "veth", "peer", "name", VETH_DHCP_SIDE])?;
+            ip_in(
+                &n,
+                &[
+                    "link",
+                    "add",
+                    VETH_BRIDGE_SIDE,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    VETH_DHCP_SIDE,
+                ],
+            )?;
             ip_in(&n, &["link", "set", VETH_DHCP_SIDE, "netns", &d])?;
             ip_in(&n, &["link", "set", VETH_BRIDGE_SIDE, "master", BRIDGE])?;
             ip_in(&n, &["link", "set", VETH_BRIDGE_SIDE, "up"])?;
@@ -78,12 +108,19 @@ impl Drop for Netns {
 
 /// Kills what is left in a namespace (the guards normally stopped it already).
 fn kill_all_in(ns: &str) {
-    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).stderr(Stdio::null()).output() else {
+    let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stderr(Stdio::null())
+        .output()
+    else {
         return;
     };
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
         if let Ok(pid) = pid.parse::<i32>() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -95,7 +132,11 @@ fn ip(args: &[&str]) -> Result<()> {
         .output()
         .context("running `ip` (package iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -113,12 +154,14 @@ where
 {
     let path = format!("/run/netns/{ns}");
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    let handle = std::thread::Builder::new().name("vmtest-netns".into()).spawn(move || {
-        if let Err(e) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
-            tracing::error!(error = %e, "could not join the test namespace");
-            return;
-        }
-        f()
-    })?;
+    let handle = std::thread::Builder::new()
+        .name("vmtest-netns".into())
+        .spawn(move || {
+            if let Err(e) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+                tracing::error!(error = %e, "could not join the test namespace");
+                return;
+            }
+            f()
+        })?;
     Ok(handle)
 }

@@ -19,8 +19,14 @@ pub struct VmSpec<'a> {
 /// reads line by line; `-nographic` also makes SeaBIOS mirror its screen (and iPXE's) there.
 pub fn args(vm: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = [
-        "-accel", "tcg", // KVM opens but hangs on these machines.
-        "-nographic", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-accel",
+        "tcg", // KVM opens but hangs on these machines.
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -28,7 +34,10 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
     a.push("-m".into());
     a.push(vm.memory_mib.to_string());
     a.push("-netdev".into());
-    a.push(format!("tap,id=n0,ifname={},script=no,downscript=no", vm.tap));
+    a.push(format!(
+        "tap,id=n0,ifname={},script=no,downscript=no",
+        vm.tap
+    ));
     let nic = match vm.firmware {
         // Debian's pxe-virtio.rom declares the modern virtio-net device id (1af4:1041):
         // SeaBIOS only runs it for a modern-only device.
@@ -38,11 +47,17 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
             vm.bios_rom.display()
         ),
         // No option ROM: the firmware's own PXE client does the first stage.
-        Firmware::Uefi => format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", vm.mac),
+        Firmware::Uefi => format!(
+            "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
+            vm.mac
+        ),
     };
     if let (Firmware::Uefi, Some((code, vars))) = (vm.firmware, &vm.ovmf) {
         a.push("-drive".into());
-        a.push(format!("if=pflash,format=raw,readonly=on,file={}", code.display()));
+        a.push(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            code.display()
+        ));
         a.push("-drive".into());
         a.push(format!("if=pflash,format=raw,file={}", vars.display()));
     }
@@ -72,7 +87,9 @@ mod tests {
         };
         let a = args(&vm).join(" ");
         assert!(a.contains("-accel tcg"));
-        assert!(a.contains("mac=52:54:00:00:10:01,disable-legacy=on,romfile=/usr/lib/ipxe/qemu/pxe-virtio.rom"));
+        assert!(a.contains(
+            "mac=52:54:00:00:10:01,disable-legacy=on,romfile=/usr/lib/ipxe/qemu/pxe-virtio.rom"
+        ));
         assert!(!a.contains("pflash"));
         vm.firmware = Firmware::Uefi;
         vm.ovmf = Some(("/c.fd".into(), "/v.fd".into()));

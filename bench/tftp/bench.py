@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""TFTP benchmark: pxeforge vs tftpd-hpa vs dnsmasq on loopback, same files, real clients.
+
+Run through bench/tftp/run.sh, which builds pxeforge's TFTP server in release mode and runs this
+inside a private network namespace (dnsmasq's TFTP port is fixed at 69).
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+MiB = 1024 * 1024
+
+
+def write_random(path, size):
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(remaining, MiB))
+            f.write(chunk)
+            remaining -= len(chunk)
+    os.chmod(path, 0o644)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_pids(root_pid):
+    """The pid and all its descendants (tftpd-hpa forks one child per transfer)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def status_kib(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Peak of the summed RSS of a server's process tree, sampled every 10 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            total = sum(status_kib(p, "VmRSS") for p in tree_pids(self.pid))
+            self.peak_kib = max(self.peak_kib, total)
+            time.sleep(0.01)
+
+    def finish(self):
+        self.stop.set()
+        self.join()
+        # VmHWM catches a peak between two samples for single-process servers.
+        return max(self.peak_kib, status_kib(self.pid, "VmHWM"))
+
+
+class Server:
+    def __init__(self, name, argv, port, ready):
+        self.name, self.argv, self.port, self.ready = name, argv, port, ready
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.ready(self.port):
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"{self.name} did not start: {self.argv}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def port_ready(root):
+    def ready(port):
+        out = subprocess.run(
+            ["curl", "-s", "--max-time", "1", "-o", "/dev/null", f"tftp://127.0.0.1:{port}/probe"],
+            timeout=10,
+        )
+        return out.returncode == 0
+
+    return ready
+
+
+def timed(argv, out_path, expect):
+    start = time.monotonic()
+    rc = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ).returncode
+    elapsed = time.monotonic() - start
+    ok = rc == 0 and os.path.exists(out_path) and sha256(out_path) == expect
+    if os.path.exists(out_path):
+        os.unlink(out_path)
+    return elapsed, ok
+
+
+def single_rows(port, out):
+    url = f"tftp://127.0.0.1:{port}/big32"
+    return {
+        "32 MiB, blksize 512 (curl)": [
+            "curl", "-s", "--max-time", "300", "--tftp-blksize", "512", "-o", out, url,
+        ],
+        "32 MiB, blksize 1468 (curl)": [
+            "curl", "-s", "--max-time", "300", "--tftp-blksize", "1468", "-o", out, url,
+        ],
+        "32 MiB, blksize 1468 windowsize 16 (atftp)": [
+            "atftp", "--option", "blksize 1468", "--option", "windowsize 16",
+            "-g", "-r", "big32", "-l", out, "127.0.0.1", str(port),
+        ],
+    }
+
+
+def storm(port, work, sums, clients):
+    outdir = os.path.join(work, "storm")
+    os.makedirs(outdir, exist_ok=True)
+    url = f"tftp://127.0.0.1:{port}/ipxe.efi"
+    start = time.monotonic()
+    procs = []
+    for i in range(clients):
+        out = os.path.join(outdir, str(i))
+        argv = ["curl", "-s", "--max-time", "120", "--tftp-blksize", "1468", "-o", out, url]
+        procs.append((out, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    failures = 0
+    for out, p in procs:
+        if p.wait() != 0:
+            failures += 1
+    elapsed = time.monotonic() - start
+    for out, p in procs:
+        if p.returncode == 0 and (not os.path.exists(out) or sha256(out) != sums["ipxe.efi"]):
+            failures += 1
+    shutil.rmtree(outdir)
+    return elapsed, failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pxeforge", required=True, help="tftp-serve binary (release)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=500)
+    ap.add_argument("--storm-repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="pxf-tftp-bench-")
+    root = os.path.join(work, "root")
+    os.makedirs(root)
+    os.chmod(work, 0o755)
+    os.chmod(root, 0o755)
+    write_random(os.path.join(root, "big32"), 32 * MiB)
+    write_random(os.path.join(root, "ipxe.efi"), 1 * MiB)
+    write_random(os.path.join(root, "probe"), 16)
+    sums = {n: sha256(os.path.join(root, n)) for n in ("big32", "ipxe.efi")}
+
+    ready = port_ready(root)
+    servers = [
+        Server("pxeforge", [args.pxeforge, root, "127.0.0.1:6970"], 6970, ready),
+        Server("tftpd-hpa", ["in.tftpd", "-L", "-s", root, "-a", "127.0.0.1:6969"], 6969, ready),
+        Server(
+            "dnsmasq",
+            [
+                "dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--enable-tftp",
+                f"--tftp-root={root}", "--tftp-max=1000", "--listen-address=127.0.0.1",
+                "--bind-interfaces", "--pid-file=", "--quiet-tftp", "--log-facility=/dev/null",
+            ],
+            69,
+            ready,
+        ),
+    ]
+
+    # Runs are interleaved (each repeat visits the servers in a rotated order) so that load
+    # from elsewhere on the machine falls on every server alike; each cell is a median.
+    names = [s.name for s in servers]
+    times = {n: {} for n in names}
+    fails = {n: {} for n in names}
+    peaks = {n: 0 for n in names}
+    storm_label = f"storm: {args.clients} x 1 MiB (curl, blksize 1468)"
+    out = os.path.join(work, "out")
+    try:
+        for s in servers:
+            s.start()
+        for r in range(args.repeats):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                print(f"== repeat {r + 1}: {s.name}", file=sys.stderr, flush=True)
+                for label, argv in single_rows(s.port, out).items():
+                    elapsed, ok = timed(argv, out, sums["big32"])
+                    times[s.name].setdefault(label, []).append(elapsed)
+                    fails[s.name][label] = fails[s.name].get(label, 0) + (0 if ok else 1)
+        for s in servers:
+            s.stop()
+        # Fresh processes for the storms, so that peak memory is the storms'.
+        for s in servers:
+            s.start()
+        for r in range(args.storm_repeats):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                print(f"== storm {r + 1}: {s.name}", file=sys.stderr, flush=True)
+                sampler = RssSampler(s.proc.pid)
+                sampler.start()
+                elapsed, failures = storm(s.port, work, sums, args.clients)
+                peaks[s.name] = max(peaks[s.name], sampler.finish())
+                times[s.name].setdefault(storm_label, []).append(elapsed)
+                fails[s.name][storm_label] = fails[s.name].get(storm_label, 0) + failures
+    finally:
+        for s in servers:
+            if s.proc and s.proc.poll() is None:
+                s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results = {
+        n: (
+            {
+                label: (statistics.median(ts), fails[n][label])
+                for label, ts in times[n].items()
+            },
+            peaks[n],
+        )
+        for n in names
+    }
+
+    names = [s.name for s in servers]
+    labels = list(results[names[0]][0].keys())
+    print(
+        f"Each cell: median of {args.repeats} runs ({args.storm_repeats} for the storm), "
+        "servers interleaved; failures are non-zero exits or wrong bytes."
+    )
+    print()
+    print(f"| row | {' | '.join(names)} | best peer / pxeforge |")
+    print(f"|---|{'---|' * len(names)}---|")
+    for label in labels:
+        cells = []
+        for n in names:
+            t, f = results[n][0][label]
+            cells.append(f"{t:.2f} s" + (f" ({f} failed)" if f else ""))
+        ours = results["pxeforge"][0][label][0]
+        best = min(results[n][0][label][0] for n in names if n != "pxeforge")
+        verdict = "faster" if best > ours else "slower"
+        print(f"| {label} | {' | '.join(cells)} | {best / ours:.2f}x ({verdict}) |")
+    mem = [f"{results[n][1] / 1024:.1f} MiB" for n in names]
+    ours = results["pxeforge"][1]
+    best = min(results[n][1] for n in names if n != "pxeforge")
+    verdict = "less" if best > ours else "more"
+    print(
+        f"| storm: server peak RSS (process tree) | {' | '.join(mem)} "
+        f"| {best / ours:.2f}x ({verdict}) |"
+    )
+
+
+if __name__ == "__main__":
+    main()

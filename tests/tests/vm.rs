@@ -1,0 +1,464 @@
+//! Real network boots of QEMU VMs (TCG), each in a namespace of its own, through
+//! `pxeforge vm-test` against the VM test site (tests/sites/vm): the matrix of issue 6.
+//!
+//! They need root (namespaces, taps, ports 67/69) and QEMU; without them each test prints a SKIP
+//! line and returns. The kernel and busybox come from scripts/fetch-test-assets.sh (run here when
+//! missing); the test installer and the liveimg payload are built once by `pxeforge build`.
+
+use pxeforge_tests::{have, is_root, pxeforge_bin, repo_root};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Condvar, Mutex, OnceLock};
+
+/// What every case shares: the built images (state dir) and the staged installer (assets dir).
+struct Prepared {
+    site: PathBuf,
+    state: PathBuf,
+    assets: PathBuf,
+    work: PathBuf,
+}
+
+/// The VM test site as this run uses it: tests/sites/vm with its state and assets directories
+/// pointed at this run's (the site's files are linked, pxeforge.toml is rewritten), so that the
+/// repository's copy stays clean and every part of the service agrees on where images are.
+fn run_site(work: &Path, state: &Path, assets: &Path) -> PathBuf {
+    let src = repo_root().join("tests/sites/vm");
+    let dst = work.join("site");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "pxeforge.toml" {
+            continue;
+        }
+        let real = std::fs::canonicalize(e.path()).unwrap();
+        std::os::unix::fs::symlink(real, dst.join(&name)).unwrap();
+    }
+    let toml = std::fs::read_to_string(src.join("pxeforge.toml")).unwrap();
+    let toml = toml
+        .replace(
+            "state_dir = \"state\"",
+            &format!("state_dir = {:?}", state.display().to_string()),
+        )
+        .replace(
+            "assets_dir = \"assets\"",
+            &format!("assets_dir = {:?}", assets.display().to_string()),
+        );
+    assert!(
+        toml.contains(&state.display().to_string()),
+        "pxeforge.toml of the VM site has no state_dir line"
+    );
+    std::fs::write(dst.join("pxeforge.toml"), toml).unwrap();
+    dst
+}
+
+/// True when VMs can boot here; otherwise says why (SKIP) and the test returns.
+fn can_boot(needs_dnsmasq: bool) -> bool {
+    if !is_root() {
+        eprintln!("SKIP: VM boot tests need root (network namespaces, taps, ports 67/69)");
+        return false;
+    }
+    if !have("qemu-system-x86_64") {
+        eprintln!("SKIP: VM boot tests need qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        return false;
+    }
+    if needs_dnsmasq && !have("dnsmasq") {
+        eprintln!("SKIP: this VM boot test needs dnsmasq (apt-get install dnsmasq-base)");
+        return false;
+    }
+    true
+}
+
+/// Builds the test installer and the payload image once per test binary and stages the
+/// installer's kernel and initramfs as the boot tree of the site's release
+/// (`<assets>/installer/images/pxeboot/{vmlinuz,initrd.img}`).
+fn prepared() -> &'static Prepared {
+    static P: OnceLock<Prepared> = OnceLock::new();
+    P.get_or_init(|| {
+        let root = repo_root();
+        let assets_ok = root.join(".cache/test-assets/vmlinuz").exists()
+            && root.join(".cache/test-assets/virtio-modules").is_dir();
+        if !assets_ok {
+            let st = Command::new("bash")
+                .arg(root.join("scripts/fetch-test-assets.sh"))
+                .status()
+                .expect("run fetch-test-assets.sh");
+            assert!(st.success(), "scripts/fetch-test-assets.sh failed");
+            ensure_virtio_modules(&root.join(".cache/test-assets"));
+        }
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-tests");
+        let _ = std::fs::remove_dir_all(&work);
+        let state = work.join("state");
+        let assets = work.join("assets");
+        std::fs::create_dir_all(&state).unwrap();
+        let site = run_site(&work, &state, &assets);
+        for (recipe, profile) in [("test-installer", Some("qemu-bios")), ("payload", None)] {
+            let mut cmd = Command::new(pxeforge_bin());
+            cmd.args(["build", recipe, "--site"])
+                .arg(&site)
+                .arg("--state")
+                .arg(&state);
+            if let Some(p) = profile {
+                cmd.args(["--profile", p]);
+            }
+            let out = cmd.output().expect("run pxeforge build");
+            assert!(
+                out.status.success(),
+                "pxeforge build {recipe} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let built = state.join("images/test-installer/qemu-bios/current");
+        let tree = assets.join("installer/images/pxeboot");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::copy(built.join("vmlinuz"), tree.join("vmlinuz")).unwrap();
+        std::fs::copy(built.join("initramfs.img"), tree.join("initrd.img")).unwrap();
+        Prepared {
+            site,
+            state,
+            assets,
+            work,
+        }
+    })
+}
+
+/// The virtio chain the test installer loads, copied out of the kernel's module tree to a
+/// version-independent place (`.cache/test-assets/virtio-modules/`) that the recipe names.
+fn ensure_virtio_modules(assets: &Path) {
+    const CHAIN: &[&str] = &[
+        "virtio_ring",
+        "virtio",
+        "virtio_pci_modern_dev",
+        "virtio_pci_legacy_dev",
+        "virtio_pci",
+        "failover",
+        "net_failover",
+        "virtio_net",
+        "virtio_blk",
+    ];
+    let dst = assets.join("virtio-modules");
+    std::fs::create_dir_all(&dst).unwrap();
+    fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Some(f) = find(&p, name) {
+                    return Some(f);
+                }
+            } else if p.file_name().is_some_and(|f| f == name) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    for m in CHAIN {
+        let name = format!("{m}.ko");
+        let src = find(&assets.join("lib/modules"), &name)
+            .unwrap_or_else(|| panic!("{name} not in the test kernel"));
+        std::fs::copy(&src, dst.join(&name)).unwrap();
+    }
+}
+
+/// At most two VMs at once: TCG keeps a core busy per VM, and this machine has two.
+fn vm_slot() -> SlotGuard {
+    static SLOTS: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    let (m, cv) = SLOTS.get_or_init(|| (Mutex::new(2), Condvar::new()));
+    let mut free = m.lock().unwrap();
+    while *free == 0 {
+        free = cv.wait(free).unwrap();
+    }
+    *free -= 1;
+    SlotGuard(m, cv)
+}
+
+struct SlotGuard(&'static Mutex<usize>, &'static Condvar);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() += 1;
+        self.1.notify_one();
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    report: serde_json::Value,
+    out: PathBuf,
+}
+
+impl Run {
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.out.join(name)).unwrap_or_default()
+    }
+
+    fn stages(&self) -> Vec<String> {
+        self.report["stages"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["stage"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "exit {}\n{}\n--- serial.log (tail) ---\n{}",
+            self.code,
+            self.stdout,
+            tail(&self.file("serial.log"), 40)
+        )
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `pxeforge vm-test` with the shared state and assets, its report folder named after the case.
+fn vm_test(case: &str, args: &[&str]) -> Run {
+    let p = prepared();
+    let out = p.work.join(case);
+    let _slot = vm_slot();
+    let o = Command::new(pxeforge_bin())
+        .arg("vm-test")
+        .arg("--site")
+        .arg(&p.site)
+        .arg("--state")
+        .arg(&p.state)
+        .arg("--assets")
+        .arg(&p.assets)
+        .arg("--out")
+        .arg(&out)
+        .args(if args.contains(&"--timeout") {
+            &[][..]
+        } else {
+            &["--timeout", "240"][..]
+        })
+        .args(args)
+        .output()
+        .expect("run pxeforge vm-test");
+    let stdout = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = std::fs::read(out.join("report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout,
+        report,
+        out,
+    }
+}
+
+fn assert_full_boot(r: &Run) {
+    assert_eq!(r.code, 0, "{}", r.explain());
+    assert_eq!(r.report["outcome"], "finished", "{}", r.explain());
+    let stages = r.stages();
+    for s in [
+        "dhcp",
+        "script",
+        "host_script",
+        "kernel",
+        "initrd",
+        "kernel_running",
+        "kickstart",
+    ] {
+        assert!(
+            stages.iter().any(|x| x == s),
+            "stage {s} missing from {stages:?}\n{}",
+            r.explain()
+        );
+    }
+    let events = r.report["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["status"] == "finished"),
+        "no finished event in the report\n{}",
+        r.explain()
+    );
+}
+
+/// The address the installer got, as it printed it (`pxeforge-installer: address A/P`).
+fn installer_address(r: &Run) -> Option<String> {
+    r.file("serial.log").lines().find_map(|l| {
+        l.split("pxeforge-installer: address ")
+            .nth(1)
+            .map(|a| a.trim().to_string())
+    })
+}
+
+#[test]
+fn case1_bios_proxy_beside_dnsmasq() {
+    if !can_boot(true) {
+        return;
+    }
+    let r = vm_test(
+        "case1-bios-proxy",
+        &["--host", "vm-bios", "--dhcp", "proxy"],
+    );
+    assert_full_boot(&r);
+    // The address came from dnsmasq (its range .100-.150); pxeforge only added the boot file.
+    assert!(
+        r.file("dnsmasq.log").contains("DHCPACK("),
+        "{}",
+        r.explain()
+    );
+    let addr = installer_address(&r).expect("installer printed its address");
+    let last: u8 = addr
+        .trim_end_matches("/24")
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap();
+    assert!(
+        (100..=150).contains(&last),
+        "address {addr} is not from dnsmasq's range"
+    );
+    assert!(
+        r.file("serial.log")
+            .contains("Filename: http://10.77.0.1:8080/boot.ipxe"),
+        "{}",
+        r.explain()
+    );
+}
+
+#[test]
+fn case2_uefi_native_pxe_via_proxydhcp() {
+    if !can_boot(true) {
+        return;
+    }
+    let r = vm_test(
+        "case2-uefi-proxy",
+        &["--host", "vm-uefi", "--dhcp", "proxy"],
+    );
+    assert_full_boot(&r);
+    let serial = r.file("serial.log");
+    // OVMF's own PXE client fetched iPXE over TFTP, then iPXE went on over HTTP.
+    assert!(serial.contains("Start PXE over IPv4"), "{}", r.explain());
+    assert!(
+        serial.contains("NBP file downloaded successfully"),
+        "{}",
+        r.explain()
+    );
+    assert!(r.stages().iter().any(|s| s == "tftp"), "{}", r.explain());
+    assert!(serial.contains("iPXE"), "{}", r.explain());
+}
+
+#[test]
+fn case3_reservation_without_dnsmasq() {
+    if !can_boot(false) {
+        return;
+    }
+    let r = vm_test(
+        "case3-reservation",
+        &["--host", "vm-reserved", "--dhcp", "reservation"],
+    );
+    assert_full_boot(&r);
+    assert_eq!(r.report["dhcp"], "reservation");
+    assert!(
+        r.file("dnsmasq.log").is_empty(),
+        "dnsmasq ran in reservation mode"
+    );
+    // pxeforge handed out the host's reserved address, to iPXE and to the installer alike.
+    assert_eq!(
+        installer_address(&r).as_deref(),
+        Some("10.77.0.23/24"),
+        "{}",
+        r.explain()
+    );
+}
+
+#[test]
+fn case4_image_install_checked_from_outside() {
+    if !can_boot(true) {
+        return;
+    }
+    let r = vm_test("case4-image", &["--host", "vm-image"]);
+    assert_full_boot(&r);
+    // The published root.tar and its checksum, as the store holds them ...
+    let build = prepared().state.join("images/payload/qemu-image/current");
+    let sums = std::fs::read_to_string(build.join("SHA256SUMS")).unwrap();
+    let want = sums
+        .lines()
+        .find(|l| l.ends_with("root.tar"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("root.tar in SHA256SUMS")
+        .to_string();
+    let size = std::fs::metadata(build.join("root.tar")).unwrap().len();
+    // ... and what the VM's disk holds now.
+    let mut disk = std::fs::File::open(r.out.join("disk.raw")).unwrap();
+    let mut head = vec![0u8; size as usize];
+    disk.read_exact(&mut head).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&head)),
+        want,
+        "the disk does not hold the image"
+    );
+    assert!(
+        r.file("serial.log").contains("liveimg checksum ok"),
+        "{}",
+        r.explain()
+    );
+}
+
+#[test]
+fn case5a_unknown_mac_with_local_policy_gets_no_kernel() {
+    if !can_boot(true) {
+        return;
+    }
+    let r = vm_test(
+        "case5a-unknown",
+        &[
+            "--mac",
+            "52:54:00:77:00:99",
+            "--firmware",
+            "bios",
+            "--timeout",
+            "180",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.explain());
+    assert_eq!(r.report["outcome"], "local-boot", "{}", r.explain());
+    let stages = r.stages();
+    for s in ["kernel", "initrd", "kickstart", "kernel_running"] {
+        assert!(
+            !stages.iter().any(|x| x == s),
+            "an unknown machine reached {s}\n{}",
+            r.explain()
+        );
+    }
+    let serve = r.file("serve.log");
+    assert!(
+        !serve.contains("vmlinuz") && !serve.contains("initrd"),
+        "kernel or initrd served:\n{serve}"
+    );
+}
+
+#[test]
+fn case5b_failing_post_reports_failed_and_exits_1() {
+    if !can_boot(true) {
+        return;
+    }
+    let r = vm_test("case5b-postfail", &["--host", "vm-postfail"]);
+    assert_eq!(r.code, 1, "{}", r.explain());
+    assert_eq!(r.report["outcome"], "failed", "{}", r.explain());
+    let reason = r.report["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("exit code 3") && reason.contains("/etc/pxeforge-ready is missing"),
+        "reason {reason:?}\n{}",
+        r.explain()
+    );
+    assert!(
+        r.stdout.contains("/etc/pxeforge-ready is missing"),
+        "vm-test did not print the reason"
+    );
+}
