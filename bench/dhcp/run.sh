@@ -3,14 +3,17 @@
 # (DORA exchanges from many simulated clients) over a veth pair between two network namespaces
 # that this script creates and removes. Needs root, perfdhcp (kea-admin), dnsmasq, kea-dhcp4.
 #
-#   bench/dhcp/run.sh [RATE] [SECONDS] [CLIENTS]     defaults: 2000 10 50000
+#   bench/dhcp/run.sh [RATE] [SECONDS] [CLIENTS] [ROUNDS]     defaults: 2000 10 50000 3
 #
-# Prints one table (exchanges/s, drops, latency per server) and the ratios of pxeforge to each peer.
+# The servers take turns, ROUNDS times, so that load from elsewhere on the machine hits all of them
+# alike; each server's row is its median round by exchanges/s. Prints one table (exchanges/s,
+# lost exchanges, latency per server) and the ratios of pxeforge to each peer.
 set -euo pipefail
 
 RATE=${1:-2000}
 SECS=${2:-10}
 CLIENTS=${3:-50000}
+ROUNDS=${4:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TAG="pxf-dbench-$$"
@@ -111,15 +114,24 @@ measure() {
 }
 
 declare -A RESULT
+for round in $(seq "$ROUNDS"); do
+    for server in pxeforge dnsmasq kea; do
+        echo "round $round: $server at $RATE DORA/s for ${SECS}s ($CLIENTS clients)..." >&2
+        # Every round starts from an empty lease database.
+        rm -rf "$WORK/pxeforge" "$WORK/dnsmasq.leases" "$WORK"/kea-leases4.csv*
+        mkdir -p "$WORK/pxeforge"
+        "start_$server"
+        measure "$server" >>"$WORK/$server.rounds"
+        stop_server
+    done
+done
 for server in pxeforge dnsmasq kea; do
-    echo "running $server at $RATE DORA/s for ${SECS}s ($CLIENTS clients)..." >&2
-    mkdir -p "$WORK/pxeforge"
-    "start_$server"
-    RESULT[$server]=$(measure "$server")
-    stop_server
+    RESULT[$server]=$(sort -n "$WORK/$server.rounds" | awk '{ row[NR] = $0 } END { print row[int((NR + 1) / 2)] }')
+    echo "$server rounds (DORA/s lost% offer_ms ack_ms discovers acks):" >&2
+    sed 's/^/    /' "$WORK/$server.rounds" >&2
 done
 
-printf '\nDHCPv4 DORA under perfdhcp -r %s -R %s -p %s (%s)\n' "$RATE" "$CLIENTS" "$SECS" "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf '\nDHCPv4 DORA under perfdhcp -r %s -R %s -p %s, median of %s rounds (%s)\n' "$RATE" "$CLIENTS" "$SECS" "$ROUNDS" "$(date -u +%Y-%m-%dT%H:%MZ)"
 printf '%-10s %12s %10s %14s %14s %10s %10s\n' server "DORA/s" "lost %" "offer avg ms" "ack avg ms" discovers acks
 for server in pxeforge dnsmasq kea; do
     read -r eps pct davg ravg sent recv <<<"${RESULT[$server]}"

@@ -10,8 +10,9 @@ runs=${1:-3}
 hash_mib=${HASH_MIB:-512}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$top/target}
 "$top/scripts/fetch-test-assets.sh"
-(cd "$top" && cargo build -q --release -p pxeforge-imagebuilder --example bench)
+(cd "$top" && cargo build -q --release -p pxeforge-imagebuilder --example bench --example build)
 bench="$CARGO_TARGET_DIR/release/examples/bench"
+builder="$CARGO_TARGET_DIR/release/examples/build"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -56,6 +57,12 @@ zst_size=$(stat -c %s "$work/ours.zst")
 diff <(gzip -dc "$work/ours.img" | cpio -it 2>/dev/null | sort) <(gzip -dc "$work/ref.img" | cpio -it 2>/dev/null | sort) >/dev/null ||
   { echo "initramfs listings differ" >&2; exit 1; }
 
+# 3. an unchanged build is skipped: the rescue recipe of the example site (kernel + initramfs)
+"$builder" "$top" "$work/state" rescue qemu-uefi >/dev/null
+skip_ms=$(best_ms "'$builder' '$top' '$work/state' rescue qemu-uefi")
+"$builder" "$top" "$work/state" rescue qemu-uefi | grep -q '^skipped ' || { echo "second build not skipped" >&2; exit 1; }
+full_ms=$(best_ms "'$builder' '$top' '$work/state' rescue qemu-uefi --force")
+
 table=$(cat <<EOT
 | task | ours | reference | ours / reference |
 |---|---|---|---|
@@ -63,6 +70,7 @@ table=$(cat <<EOT
 | initramfs gzip of $((tree_bytes >> 20)) MiB / ${tree_files} entries (ms) | ${ours_i} | ${ref_i} (\`find . \| cpio -o -H newc \| gzip\`) | $(ratio "$ours_i" "$ref_i") |
 | initramfs size (bytes) | ${ours_size} | ${ref_size} | $(ratio "$ours_size" "$ref_size") |
 | initramfs zstd -9 (ours only): ms / bytes | ${ours_z} / ${zst_size} | | |
+| \`images/rescue.toml\` unchanged, skipped (ms) | ${skip_ms} | ${full_ms} (forced rebuild) | $(ratio "$skip_ms" "$full_ms") |
 EOT
 )
 echo "$table"

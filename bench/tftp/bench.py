@@ -152,16 +152,32 @@ def single_rows(port, out):
     }
 
 
-def storm(port, work, sums, clients):
+def storm_clients(port, out):
+    """Client command lines of each storm: curl in lockstep, and atftp asking what UEFI
+    firmware asks (OVMF's PXE client sends blksize 1468 windowsize 4)."""
+    url = f"tftp://127.0.0.1:{port}/ipxe.efi"
+    return {
+        "curl, blksize 1468": [
+            "curl", "-s", "--max-time", "120", "--tftp-blksize", "1468", "-o", out, url,
+        ],
+        "atftp, blksize 1468 windowsize 4": [
+            "atftp", "--option", "blksize 1468", "--option", "windowsize 4",
+            "-g", "-r", "ipxe.efi", "-l", out, "127.0.0.1", str(port),
+        ],
+    }
+
+
+def storm(argv_for, work, sums, clients):
+    """Starts `clients` fetches at once; returns (seconds until the last ends, failures)."""
     outdir = os.path.join(work, "storm")
     os.makedirs(outdir, exist_ok=True)
-    url = f"tftp://127.0.0.1:{port}/ipxe.efi"
     start = time.monotonic()
     procs = []
     for i in range(clients):
         out = os.path.join(outdir, str(i))
-        argv = ["curl", "-s", "--max-time", "120", "--tftp-blksize", "1468", "-o", out, url]
-        procs.append((out, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        procs.append(
+            (out, subprocess.Popen(argv_for(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        )
     failures = 0
     for out, p in procs:
         if p.wait() != 0:
@@ -214,7 +230,7 @@ def main():
     times = {n: {} for n in names}
     fails = {n: {} for n in names}
     peaks = {n: 0 for n in names}
-    storm_label = f"storm: {args.clients} x 1 MiB (curl, blksize 1468)"
+    storm_kinds = list(storm_clients(0, "").keys())
     out = os.path.join(work, "out")
     try:
         for s in servers:
@@ -235,13 +251,19 @@ def main():
         for r in range(args.storm_repeats):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
-                print(f"== storm {r + 1}: {s.name}", file=sys.stderr, flush=True)
-                sampler = RssSampler(s.proc.pid)
-                sampler.start()
-                elapsed, failures = storm(s.port, work, sums, args.clients)
-                peaks[s.name] = max(peaks[s.name], sampler.finish())
-                times[s.name].setdefault(storm_label, []).append(elapsed)
-                fails[s.name][storm_label] = fails[s.name].get(storm_label, 0) + failures
+                for kind in storm_kinds:
+                    label = f"storm: {args.clients} x 1 MiB ({kind})"
+                    print(f"== storm {r + 1}: {s.name}: {kind}", file=sys.stderr, flush=True)
+                    sampler = RssSampler(s.proc.pid)
+                    sampler.start()
+
+                    def argv_for(out, port=s.port, kind=kind):
+                        return storm_clients(port, out)[kind]
+
+                    elapsed, failures = storm(argv_for, work, sums, args.clients)
+                    peaks[s.name] = max(peaks[s.name], sampler.finish())
+                    times[s.name].setdefault(label, []).append(elapsed)
+                    fails[s.name][label] = fails[s.name].get(label, 0) + failures
     finally:
         for s in servers:
             if s.proc and s.proc.poll() is None:
@@ -274,8 +296,9 @@ def main():
             cells.append(f"{t:.2f} s" + (f" ({f} failed)" if f else ""))
         ours = results["pxeforge"][0][label][0]
         best = min(results[n][0][label][0] for n in names if n != "pxeforge")
-        verdict = "faster" if best > ours else "slower"
-        print(f"| {label} | {' | '.join(cells)} | {best / ours:.2f}x ({verdict}) |")
+        ratio = best / ours
+        verdict = "tie" if abs(ratio - 1) < 0.03 else ("faster" if ratio > 1 else "slower")
+        print(f"| {label} | {' | '.join(cells)} | {ratio:.2f}x ({verdict}) |")
     mem = [f"{results[n][1] / 1024:.1f} MiB" for n in names]
     ours = results["pxeforge"][1]
     best = min(results[n][1] for n in names if n != "pxeforge")

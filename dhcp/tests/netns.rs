@@ -152,6 +152,17 @@ struct Server {
 
 impl Server {
     fn start(ns: &Netns, mode: Mode, site: DhcpSite, lease_db: PathBuf) -> Server {
+        Server::start_on(ns, Some("eth0"), mode, site, lease_db)
+    }
+
+    fn start_on(
+        ns: &Netns,
+        interface: Option<&str>,
+        mode: Mode,
+        site: DhcpSite,
+        lease_db: PathBuf,
+    ) -> Server {
+        let interface = interface.map(str::to_string);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = ns.enter(move || {
@@ -161,7 +172,7 @@ impl Server {
                 .unwrap();
             rt.block_on(async move {
                 let mut config = DhcpConfig::new(mode, lease_db);
-                config.interface = Some("eth0".into());
+                config.interface = interface;
                 let site = Arc::new(ArcSwap::from_pointee(site));
                 let server = DhcpServer::bind(config, site).await.unwrap();
                 let addrs = server.local_addrs();
@@ -620,4 +631,88 @@ fn hostile_packets_over_the_wire_are_dropped() {
     );
     assert_eq!(replies.len(), 1);
     assert_eq!(server.metrics.malformed.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn server_address_follows_the_receiving_interface() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let cli = lab.node("cli", None, None);
+    // A second segment straight into the server's namespace: eth1 10.5.0.1 <-> the other client.
+    let other = Netns::new(format!("{}-cli2", lab.prefix));
+    lab.ns(srv).ip(&[
+        "link",
+        "add",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &other.name,
+    ]);
+    lab.ns(srv)
+        .ip(&["addr", "add", "10.5.0.1/24", "dev", "eth1"]);
+    lab.ns(srv).ip(&["link", "set", "eth1", "up"]);
+    other.ip(&["link", "set", "eth0", "up"]);
+
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let discover = vector("uefi-ipxe-discover");
+    let first_reply = |ns: &Netns| {
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies = exchange(
+                ns,
+                client,
+                bcast,
+                discover.clone(),
+                Duration::from_millis(1500),
+            );
+            if !replies.is_empty() {
+                break;
+            }
+        }
+        replies
+    };
+
+    // Every interface: option 54, siaddr and the script URL name the address the client can reach.
+    let server = Server::start_on(
+        lab.ns(srv),
+        None,
+        Mode::Proxy,
+        site(false),
+        lab.dir.path().join("l.db"),
+    );
+    for (ns, want) in [(lab.ns(cli), "10.0.0.1"), (&other, "10.5.0.1")] {
+        let replies = first_reply(ns);
+        let (from, p) = replies.first().expect("no reply");
+        let want: Ipv4Addr = want.parse().unwrap();
+        assert_eq!(from.ip(), want);
+        assert_eq!(p.option_ip(opt::SERVER_ID), Some(want));
+        assert_eq!(p.siaddr, want);
+        assert_eq!(
+            text(p, opt::BOOTFILE),
+            Some(format!("http://{want}:8080/boot.ipxe"))
+        );
+    }
+    drop(server);
+
+    // Bound to eth0: the other segment is not served.
+    let _server = Server::start_on(
+        lab.ns(srv),
+        Some("eth0"),
+        Mode::Proxy,
+        site(false),
+        lab.dir.path().join("l.db"),
+    );
+    assert_eq!(first_reply(lab.ns(cli)).len(), 1);
+    assert!(
+        first_reply(&other).is_empty(),
+        "answered on an interface it is not bound to"
+    );
 }

@@ -394,23 +394,18 @@ pub fn find_kernel(
             });
         }
     }
-    let mut found: Vec<String> = tree
-        .entries
-        .keys()
-        .filter(|k| {
-            let in_boot = k
-                .strip_prefix("boot/")
-                .is_some_and(|n| n == "vmlinuz" || (n.starts_with("vmlinuz-") && !n.contains('/')));
-            let in_modules = ["usr/lib/modules/", "lib/modules/"].iter().any(|pre| {
-                k.strip_prefix(pre)
-                    .is_some_and(|rest| rest.split('/').count() == 2 && rest.ends_with("/vmlinuz"))
-            });
-            in_boot || in_modules
-        })
-        .filter_map(|k| tree.resolve(k))
-        .collect();
-    found.sort();
-    found.dedup();
+    // /boot first: CentOS keeps the same kernel in /boot and in /usr/lib/modules/<kver>/.
+    let (boot, modules) = kernel_candidates(tree.entries.keys().map(String::as_str));
+    let resolve_all = |v: Vec<&str>| {
+        let mut r: Vec<String> = v.into_iter().filter_map(|k| tree.resolve(k)).collect();
+        r.sort();
+        r.dedup();
+        r
+    };
+    let mut found = resolve_all(boot);
+    if found.is_empty() {
+        found = resolve_all(modules);
+    }
     match found.as_slice() {
         [one] => as_file(one)
             .ok_or_else(|| BuildError::Recipe(format!("kernel {one:?} is not a regular file"))),
@@ -422,6 +417,25 @@ pub fn find_kernel(
             many.join(", ")
         ))),
     }
+}
+
+/// Kernel paths of a root: (`boot/vmlinuz`, `boot/vmlinuz-*`), (`[usr/]lib/modules/*/vmlinuz`).
+pub fn kernel_candidates<'a>(paths: impl Iterator<Item = &'a str>) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut boot, mut modules) = (Vec::new(), Vec::new());
+    for k in paths {
+        if k.strip_prefix("boot/").is_some_and(|n| {
+            n == "vmlinuz"
+                || (n.starts_with("vmlinuz-") && !n.contains('/') && !n.ends_with(".hmac"))
+        }) {
+            boot.push(k);
+        } else if ["usr/lib/modules/", "lib/modules/"].iter().any(|pre| {
+            k.strip_prefix(pre)
+                .is_some_and(|rest| rest.split('/').count() == 2 && rest.ends_with("/vmlinuz"))
+        }) {
+            modules.push(k);
+        }
+    }
+    (boot, modules)
 }
 
 /// Writes one output through a hashing writer, syncs it, and describes it.
@@ -465,4 +479,31 @@ fn tool_output(path: &Path, kind: Output) -> Result<OutputFile, BuildError> {
         sha256,
         uncompressed_size: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_candidates_by_place() {
+        let paths = [
+            "boot/vmlinuz-5.14.0-1.el9.x86_64",
+            "boot/.vmlinuz-5.14.0-1.el9.x86_64.hmac",
+            "boot/vmlinuz-5.14.0-1.el9.x86_64.hmac",
+            "boot/grub2/vmlinuz-x",
+            "usr/lib/modules/5.14.0-1.el9.x86_64/vmlinuz",
+            "usr/lib/modules/5.14.0-1.el9.x86_64/kernel/vmlinuz",
+            "lib/modules/6.1/vmlinuz",
+        ];
+        let (boot, modules) = kernel_candidates(paths.into_iter());
+        assert_eq!(boot, ["boot/vmlinuz-5.14.0-1.el9.x86_64"]);
+        assert_eq!(
+            modules,
+            [
+                "usr/lib/modules/5.14.0-1.el9.x86_64/vmlinuz",
+                "lib/modules/6.1/vmlinuz"
+            ]
+        );
+    }
 }

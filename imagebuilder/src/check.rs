@@ -44,7 +44,10 @@ impl Ctx<'_> {
             severity,
         });
     }
-    /// A site path that must exist (as a dir when `dir`).
+    /// A site path that the build reads (as a dir when `dir`). Outside the site is an error; a
+    /// missing one is a warning: inputs such as a `podman export` tarball or a fetched kernel are
+    /// often produced by a separate step, and their absence must not stop `serve` from serving
+    /// hosts. `build` refuses to run without them.
     fn site_path(&mut self, site: &Path, what: &str, s: &Spanned<String>, dir: bool) {
         self.site_path_at(site, what, s.get_ref(), s.span().start, dir);
     }
@@ -54,12 +57,16 @@ impl Ctx<'_> {
                 offset,
                 format!("{what} {rel:?} is outside the site directory"),
             ),
-            Some(p) if dir && !p.is_dir() => {
-                self.err(offset, format!("{what} {rel:?}: no such directory"))
-            }
-            Some(p) if !dir && !p.exists() => {
-                self.err(offset, format!("{what} {rel:?}: no such file"))
-            }
+            Some(p) if dir && !p.is_dir() => self.push(
+                offset,
+                format!("{what} {rel:?}: no such directory (`pxeforge build` needs it)"),
+                Severity::Warning,
+            ),
+            Some(p) if !dir && !p.exists() => self.push(
+                offset,
+                format!("{what} {rel:?}: no such file (`pxeforge build` needs it)"),
+                Severity::Warning,
+            ),
             Some(_) => {}
         }
     }

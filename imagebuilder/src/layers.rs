@@ -527,4 +527,39 @@ mod tests {
         assert_eq!((ak.mode, ak.uid), (0o600, 1000));
         assert_eq!(tree.get("etc/shadow").unwrap().mode, 0o600);
     }
+
+    #[test]
+    fn enabling_a_unit_links_it_into_its_targets() {
+        let mut tree = Tree::new();
+        tree.insert(
+            "usr/lib/systemd/system/sshd.service".into(),
+            file_node(
+                b"[Unit]\nDescription=x\n[Install]\nWantedBy=multi-user.target\n".to_vec(),
+                0o644,
+            ),
+        )
+        .unwrap();
+        tree.insert(
+            "usr/lib/systemd/system/static.service".into(),
+            file_node(b"[Unit]\n".to_vec(), 0o644),
+        )
+        .unwrap();
+        enable_unit(&mut tree, "sshd.service").unwrap();
+        match &tree
+            .get("etc/systemd/system/multi-user.target.wants/sshd.service")
+            .unwrap()
+            .kind
+        {
+            Kind::Symlink(t) => assert_eq!(t, "/usr/lib/systemd/system/sshd.service"),
+            k => panic!("{k:?}"),
+        }
+        assert!(enable_unit(&mut tree, "static.service")
+            .unwrap_err()
+            .to_string()
+            .contains("[Install]"));
+        assert!(enable_unit(&mut tree, "missing.service")
+            .unwrap_err()
+            .to_string()
+            .contains("not in the image"));
+    }
 }

@@ -351,3 +351,35 @@ fn device_nodes_and_owners_carried_into_every_output() {
         );
     }
 }
+
+#[test]
+fn dir_base_with_kernel_in_boot_and_forced_owner() {
+    let site = Site::new();
+    let p = site.profile("vm", PROFILE);
+    site.write("root/boot/vmlinuz-9.9", b"not really a kernel");
+    site.write("root/usr/lib/modules/9.9/vmlinuz", b"not really a kernel");
+    site.write("root/etc/hostname", b"x\n");
+    std::os::unix::fs::symlink("hostname", site.dir().join("root/etc/name")).unwrap();
+    site.write("images/d.toml", "profiles = [\"vm\"]\noutputs = [\"kernel\", \"tar\"]\n[base]\ndir = \"root\"\nowner = [0, 0]\n");
+    let out = site.build("d", &p, false).unwrap();
+    assert_eq!(
+        std::fs::read(out.dir.join("vmlinuz")).unwrap(),
+        b"not really a kernel"
+    );
+    let t = run_ok(
+        Command::new("tar")
+            .arg("-tvzf")
+            .arg(out.dir.join("root.tar.gz"))
+            .arg("--numeric-owner"),
+    );
+    assert!(
+        t.lines()
+            .all(|l| l.split_whitespace().nth(1) == Some("0/0")),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("etc/name -> hostname")),
+        "{t}"
+    );
+}

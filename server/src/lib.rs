@@ -13,3 +13,4 @@ pub mod render;
 pub mod select;
 pub mod serve;
 pub mod site;
+pub mod vmtest;

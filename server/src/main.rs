@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use pxeforge_server::{build_cmd, check, serve};
+use pxeforge_server::{build_cmd, check, serve, vmtest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +58,8 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Inspect the image store: list, verify checksums, collect old builds
     Images(build_cmd::ImagesArgs),
+    /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
+    VmTest(vmtest::VmTestArgs),
 }
 
 fn init_logging() {
@@ -118,5 +120,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
+        Command::VmTest(args) => Ok(ExitCode::from(vmtest::run(&args)?.clamp(0, 255) as u8)),
     }
 }

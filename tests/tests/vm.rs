@@ -12,18 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 
-/// What every case shares: the built images (state dir) and the staged installer (assets dir).
+/// What every case shares: the site and the built images (state dir).
 struct Prepared {
     site: PathBuf,
     state: PathBuf,
-    assets: PathBuf,
     work: PathBuf,
 }
 
-/// The VM test site as this run uses it: tests/sites/vm with its state and assets directories
-/// pointed at this run's (the site's files are linked, pxeforge.toml is rewritten), so that the
-/// repository's copy stays clean and every part of the service agrees on where images are.
-fn run_site(work: &Path, state: &Path, assets: &Path) -> PathBuf {
+/// The VM test site as this run uses it: tests/sites/vm with its state directory pointed at this
+/// run's (the site's files are linked, pxeforge.toml is rewritten), so that the repository's copy
+/// stays clean and every part of the service agrees on where images are.
+fn run_site(work: &Path, state: &Path) -> PathBuf {
     let src = repo_root().join("tests/sites/vm");
     let dst = work.join("site");
     std::fs::create_dir_all(&dst).unwrap();
@@ -36,15 +35,8 @@ fn run_site(work: &Path, state: &Path, assets: &Path) -> PathBuf {
         std::os::unix::fs::symlink(real, dst.join(&name)).unwrap();
     }
     let toml = std::fs::read_to_string(src.join("pxeforge.toml")).unwrap();
-    let toml = toml
-        .replace(
-            "state_dir = \"state\"",
-            &format!("state_dir = {:?}", state.display().to_string()),
-        )
-        .replace(
-            "assets_dir = \"assets\"",
-            &format!("assets_dir = {:?}", assets.display().to_string()),
-        );
+    let state_line = format!("state_dir = {:?}", state.display().to_string());
+    let toml = toml.replace("state_dir = \"state\"", &state_line);
     assert!(
         toml.contains(&state.display().to_string()),
         "pxeforge.toml of the VM site has no state_dir line"
@@ -70,9 +62,8 @@ fn can_boot(needs_dnsmasq: bool) -> bool {
     true
 }
 
-/// Builds the test installer and the payload image once per test binary and stages the
-/// installer's kernel and initramfs as the boot tree of the site's release
-/// (`<assets>/installer/images/pxeboot/{vmlinuz,initrd.img}`).
+/// Builds the test installer and the payload image once per test binary. `vm-test --installer`
+/// serves the installer as the boot tree of the site's release (`/assets/installer`).
 fn prepared() -> &'static Prepared {
     static P: OnceLock<Prepared> = OnceLock::new();
     P.get_or_init(|| {
@@ -87,12 +78,14 @@ fn prepared() -> &'static Prepared {
             assert!(st.success(), "scripts/fetch-test-assets.sh failed");
             ensure_virtio_modules(&root.join(".cache/test-assets"));
         }
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-tests");
+        // One folder per test process: nextest runs every case in a process of its own.
+        let all = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-tests");
+        remove_stale(&all);
+        let work = all.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&work);
         let state = work.join("state");
-        let assets = work.join("assets");
         std::fs::create_dir_all(&state).unwrap();
-        let site = run_site(&work, &state, &assets);
+        let site = run_site(&work, &state);
         for (recipe, profile) in [("test-installer", Some("qemu-bios")), ("payload", None)] {
             let mut cmd = Command::new(pxeforge_bin());
             cmd.args(["build", recipe, "--site"])
@@ -110,18 +103,18 @@ fn prepared() -> &'static Prepared {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let built = state.join("images/test-installer/qemu-bios/current");
-        let tree = assets.join("installer/images/pxeboot");
-        std::fs::create_dir_all(&tree).unwrap();
-        std::fs::copy(built.join("vmlinuz"), tree.join("vmlinuz")).unwrap();
-        std::fs::copy(built.join("initramfs.img"), tree.join("initrd.img")).unwrap();
-        Prepared {
-            site,
-            state,
-            assets,
-            work,
-        }
+        Prepared { site, state, work }
     })
+}
+
+/// Removes the folders of earlier test processes that are gone.
+fn remove_stale(all: &Path) {
+    for e in std::fs::read_dir(all).into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(&pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The virtio chain the test installer loads, copied out of the kernel's module tree to a
@@ -220,7 +213,7 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `pxeforge vm-test` with the shared state and assets, its report folder named after the case.
+/// `pxeforge vm-test` with the shared site and state, its report folder named after the case.
 fn vm_test(case: &str, args: &[&str]) -> Run {
     let p = prepared();
     let out = p.work.join(case);
@@ -231,8 +224,7 @@ fn vm_test(case: &str, args: &[&str]) -> Run {
         .arg(&p.site)
         .arg("--state")
         .arg(&p.state)
-        .arg("--assets")
-        .arg(&p.assets)
+        .args(["--installer", "test-installer"])
         .arg("--out")
         .arg(&out)
         .args(if args.contains(&"--timeout") {

@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use crate::confine::Opened;
 
@@ -138,6 +139,16 @@ pub enum Source {
     Streamed,
 }
 
+/// How long after its last modification a file is trusted to stay as its stamp says. A file
+/// rewritten twice within one timestamp tick keeps the same mtime (and maybe size and inode),
+/// so content read within this window is served but not kept.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether a file last modified at `mtime` may be kept in memory at `now`. Pure.
+pub fn settled(mtime: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(mtime).is_ok_and(|age| age >= SETTLE)
+}
+
 /// Decides whether a file of `size` bytes is held in memory. Pure.
 pub fn should_cache(size: u64, limits: CacheLimits) -> bool {
     size <= limits.max_file_size && size <= limits.max_total
@@ -209,7 +220,9 @@ impl Cache {
         let data: Arc<[u8]> = data.into();
         // A file rewritten while being read is served as read but not kept.
         let after = Stamp::of(&opened.file.metadata()?);
-        if after == stamp && data.len() as u64 == stamp.size {
+        let modified = opened.metadata.modified()?;
+        if after == stamp && data.len() as u64 == stamp.size && settled(modified, SystemTime::now())
+        {
             self.insert(opened.path, stamp, data.clone());
         }
         Ok((Content::Memory(data), Source::Loaded))
@@ -254,6 +267,18 @@ mod tests {
     use crate::confine::open_confined;
     use std::path::Path;
 
+    /// Writes a file whose mtime lies `age_secs` in the past (settled, unless 0).
+    fn write_aged(path: &Path, data: &[u8], age_secs: u64) {
+        std::fs::write(path, data).unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age_secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
     fn content(cache: &Cache, root: &Path, name: &str) -> (Vec<u8>, Source) {
         let (c, src) = cache
             .content(open_confined(root, Path::new(name)).unwrap())
@@ -267,22 +292,37 @@ mod tests {
     fn hit_then_refresh_on_change() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
-        std::fs::write(root.join("a"), b"one").unwrap();
+        let a = root.join("a");
+        write_aged(&a, b"one", 120);
         let cache = Cache::new(CacheLimits::default());
         assert_eq!(
             content(&cache, &root, "a"),
             (b"one".to_vec(), Source::Loaded)
         );
         assert_eq!(content(&cache, &root, "a"), (b"one".to_vec(), Source::Hit));
-        // Replaced by rename: new inode.
-        std::fs::write(root.join("a.new"), b"two").unwrap();
-        std::fs::rename(root.join("a.new"), root.join("a")).unwrap();
+        // Rewritten in place, same size and inode: the mtime tells.
+        write_aged(&a, b"two", 60);
         assert_eq!(
             content(&cache, &root, "a"),
             (b"two".to_vec(), Source::Loaded)
         );
-        // Rewritten in place with another size.
-        std::fs::write(root.join("a"), b"three").unwrap();
+        assert_eq!(content(&cache, &root, "a"), (b"two".to_vec(), Source::Hit));
+        // Replaced by rename with the same mtime and size: the inode tells.
+        let modified = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(root.join("a.new"), b"six").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("a.new"))
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        std::fs::rename(root.join("a.new"), &a).unwrap();
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"six".to_vec(), Source::Loaded)
+        );
+        // Rewritten with another size.
+        write_aged(&a, b"three", 60);
         assert_eq!(
             content(&cache, &root, "a"),
             (b"three".to_vec(), Source::Loaded)
@@ -291,11 +331,35 @@ mod tests {
     }
 
     #[test]
+    fn a_freshly_written_file_is_served_but_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        write_aged(&root.join("a"), b"new", 0);
+        let cache = Cache::new(CacheLimits::default());
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"new".to_vec(), Source::Loaded)
+        );
+        assert_eq!(
+            content(&cache, &root, "a"),
+            (b"new".to_vec(), Source::Loaded)
+        );
+        assert_eq!(cache.bytes(), 0);
+        let now = SystemTime::now();
+        assert!(!settled(now, now));
+        assert!(
+            !settled(now + Duration::from_secs(5), now),
+            "mtime in the future"
+        );
+        assert!(settled(now - SETTLE, now));
+    }
+
+    #[test]
     fn large_files_stream_and_total_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         for (name, len) in [("big", 100), ("m1", 40), ("m2", 40), ("m3", 40)] {
-            std::fs::write(root.join(name), vec![7u8; len]).unwrap();
+            write_aged(&root.join(name), &vec![7u8; len], 60);
         }
         let cache = Cache::new(CacheLimits {
             max_file_size: 50,

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod confine;
+mod lockstep;
 pub mod metrics;
 pub mod netascii;
 pub mod options;

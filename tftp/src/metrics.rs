@@ -61,9 +61,15 @@ impl Ended {
     }
 }
 
+/// Upper bounds (seconds) of the transfer-duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Service-wide counters; shared with the HTTP `/metrics` endpoint.
 #[derive(Debug, Default)]
 pub struct TftpMetrics {
+    /// Completed transfers by duration (cumulative buckets are computed when rendering).
+    duration_buckets: [AtomicU64; 11],
+    duration_micros_sum: AtomicU64,
     transfers: [AtomicU64; 11],
     active: AtomicU64,
     bytes_sent: AtomicU64,
@@ -112,6 +118,19 @@ impl TftpMetrics {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.cache_bytes.store(cache_bytes, Ordering::Relaxed);
+    }
+
+    /// Records the duration of one completed transfer.
+    pub fn observe_duration(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.duration_micros_sum
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     pub(crate) fn transfer_started(&self) {
@@ -178,6 +197,21 @@ impl TftpMetrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let name = "pxeforge_tftp_transfer_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of completed transfers.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, counter) in self.duration_buckets.iter().enumerate() {
+            cumulative += counter.load(Ordering::Relaxed);
+            let le = DURATION_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
 
@@ -199,5 +233,38 @@ mod tests {
         assert!(out.contains("pxeforge_tftp_transfers_total{outcome=\"timeout\"} 0\n"));
         assert!(out.contains("pxeforge_tftp_bytes_sent_total 1468\n"));
         assert!(out.contains("# TYPE pxeforge_tftp_active_transfers gauge\n"));
+    }
+
+    #[test]
+    fn duration_histogram_is_cumulative() {
+        let m = TftpMetrics::default();
+        m.observe_duration(std::time::Duration::from_millis(3));
+        m.observe_duration(std::time::Duration::from_millis(300));
+        m.observe_duration(std::time::Duration::from_secs(100));
+        let mut out = String::new();
+        m.write_prometheus(&mut out);
+        let h = "pxeforge_tftp_transfer_duration_seconds";
+        assert!(
+            out.contains(&format!("{h}_bucket{{le=\"0.01\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{h}_bucket{{le=\"0.25\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{h}_bucket{{le=\"0.5\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{h}_bucket{{le=\"30\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{h}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{h}_count 3\n")), "{out}");
+        assert!(out.contains(&format!("{h}_sum 100.303\n")), "{out}");
     }
 }

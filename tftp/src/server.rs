@@ -28,6 +28,8 @@ const REQUEST_BUF: usize = 2048;
 /// Files opened at once on the blocking pool (each open is a few syscalls; more threads than
 /// this only add memory).
 const OPEN_CONCURRENCY: usize = 8;
+/// Large lockstep transfers on threads of their own at once; more run on the async path.
+const LOCKSTEP_THREADS: usize = 32;
 
 /// A bound TFTP server, not yet running.
 pub struct TftpServer {
@@ -80,6 +82,7 @@ impl TftpServer {
                 cache,
                 metrics,
                 opens: tokio::sync::Semaphore::new(OPEN_CONCURRENCY),
+                lockstep: Arc::new(tokio::sync::Semaphore::new(LOCKSTEP_THREADS)),
             }),
         })
     }
@@ -189,6 +192,8 @@ impl TftpServer {
                         Ok(r) => r,
                         Err(err) => {
                             warn!(error = %err, "tftp: receive failed");
+                            // A persistent error must not turn this loop into a busy spin.
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                             continue;
                         }
                     };

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, Content, ReadAhead, Source};
 use crate::confine::{check_name, open_confined, OpenError};
+use crate::lockstep::{self, CancelOnDrop};
 use crate::metrics::{Ended, TftpMetrics};
 use crate::netascii;
 use crate::options::{blksize_for_mtu, negotiate, Limits};
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<TftpMetrics>,
     /// Bounds concurrent opens, so a boot storm does not spawn a blocking thread per request.
     pub opens: tokio::sync::Semaphore,
+    /// Bounds the large lockstep transfers that get a thread of their own.
+    pub lockstep: Arc<tokio::sync::Semaphore>,
 }
 
 /// Keeps the active-transfer gauge right and records an outcome even when the task is aborted.
@@ -161,19 +164,44 @@ async fn serve_inner(
     debug!(client = %peer, path = %name, ?params, "tftp: transfer starting");
 
     let started = Instant::now();
-    let mut stats = Stats::default();
-    let outcome = run(
-        socket,
-        &content,
-        params,
-        &oack,
-        timeout,
-        &shared.metrics,
-        &mut stats,
-    )
-    .await;
+    let size = content.len();
+    let streamed_lockstep = params.windowsize == 1 && matches!(content, Content::File { .. });
+    let permit = if streamed_lockstep {
+        shared.lockstep.clone().try_acquire_owned().ok()
+    } else {
+        None
+    };
+    let (outcome, stats) = match permit {
+        Some(permit) => {
+            let job = lockstep::Job {
+                content,
+                params,
+                oack,
+                timeout,
+                metrics: shared.metrics.clone(),
+            };
+            run_on_thread(socket, job, permit).await
+        }
+        None => {
+            let mut stats = Stats::default();
+            let outcome = run(
+                socket,
+                &content,
+                params,
+                &oack,
+                timeout,
+                &shared.metrics,
+                &mut stats,
+            )
+            .await;
+            (outcome, stats)
+        }
+    };
     let ended = match outcome {
-        Ok(Outcome::Complete) => Ended::Complete,
+        Ok(Outcome::Complete) => {
+            shared.metrics.observe_duration(started.elapsed());
+            Ended::Complete
+        }
         Ok(Outcome::ClientAbort) => Ended::ClientAbort,
         Ok(Outcome::Timeout) => Ended::Timeout,
         Ok(Outcome::ProtocolError) => Ended::ProtocolError,
@@ -187,7 +215,7 @@ async fn serve_inner(
         client = %peer,
         path = %name,
         outcome = ended.as_str(),
-        size = content.len(),
+        size,
         bytes_sent = stats.bytes,
         blocks_retransmitted = stats.retransmitted,
         blksize = params.blksize,
@@ -236,9 +264,42 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
 }
 
 #[derive(Debug, Default)]
-struct Stats {
-    bytes: u64,
-    retransmitted: u64,
+pub(crate) struct Stats {
+    pub bytes: u64,
+    pub retransmitted: u64,
+}
+
+/// Runs a transfer on the blocking pool with a duplicate of `socket`; if this future is
+/// dropped (shutdown, or a new request from the client port), the thread is told to stop.
+async fn run_on_thread(
+    socket: &UdpSocket,
+    job: lockstep::Job,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (std::io::Result<Outcome>, Stats) {
+    let dup = |s: &UdpSocket| socket2::SockRef::from(s).try_clone();
+    let (blocking, waker) = match (dup(socket), dup(socket)) {
+        (Ok(a), Ok(b)) => (std::net::UdpSocket::from(a), std::os::fd::OwnedFd::from(b)),
+        (Err(err), _) | (_, Err(err)) => return (Err(err), Stats::default()),
+    };
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancel = CancelOnDrop::new(flag.clone(), waker);
+    let thread = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut stats = Stats::default();
+        let outcome = lockstep::run(&blocking, &job, &mut stats, &flag);
+        // The descriptor is shared with the async socket: give it back non-blocking.
+        let restored = blocking.set_nonblocking(true);
+        (outcome.and_then(|o| restored.map(|()| o)), stats)
+    })
+    .await;
+    // Finished normally: nothing to cancel, and the socket may still send an ERROR.
+    cancel.disarm();
+    thread.unwrap_or_else(|_| {
+        (
+            Err(std::io::Error::other("transfer thread failed")),
+            Stats::default(),
+        )
+    })
 }
 
 async fn run(

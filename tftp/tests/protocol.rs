@@ -310,3 +310,93 @@ async fn sock_fetch_checks_source(
         Fetch::Data(data.to_vec())
     );
 }
+
+/// Files too large for the memory cache, sent in lockstep, run on a blocking thread: the same
+/// protocol behaviour is checked on that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_lockstep_transfers_on_their_own_thread() {
+    let t = tree();
+    let data = pattern(40_000, 12);
+    std::fs::write(t.root.join("f"), &data).unwrap();
+    let streamed = |c: &mut pxeforge_tftp::TftpConfig| c.cache.max_file_size = 0;
+
+    // Stalled client: retried, then given up with an ERROR, then freed.
+    let server = start("127.0.0.1:0", &t.root, |c| {
+        streamed(c);
+        c.timeout = Duration::from_millis(100);
+        c.max_retries = 2;
+    })
+    .await;
+    let sock = client().await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    for _ in 0..3 {
+        let (pkt, _) = recv(&sock).await;
+        assert_eq!(data_block(&pkt), Some((1, 512)));
+    }
+    let (pkt, _) = recv(&sock).await;
+    assert!(is_error(&pkt), "{pkt:?}");
+    wait_outcome(&server.metrics, Ended::Timeout, 1).await;
+    wait_for("freed", || server.metrics.active_transfers() == 0).await;
+    server.stop().await;
+
+    let server = start("127.0.0.1:0", &t.root, |c| {
+        streamed(c);
+        c.timeout = Duration::from_secs(60);
+    })
+    .await;
+    // A whole transfer, with duplicate ACKs on the way that must not double any block.
+    let sock = client().await;
+    sock.send_to(&rrq(b"f", &[("blksize", "8192")]), server.addr)
+        .await
+        .unwrap();
+    let (oack, tid) = recv(&sock).await;
+    assert_eq!(oack, b"\x00\x06blksize\x008192\x00");
+    let mut got = Vec::new();
+    for block in 0u16..5 {
+        sock.send_to(&packet::encode_ack(block), tid).await.unwrap();
+        if block > 0 {
+            sock.send_to(&packet::encode_ack(block), tid).await.unwrap();
+        }
+        let (pkt, _) = recv(&sock).await;
+        let Ok(Packet::Data { block: b, data: d }) = packet::parse(&pkt) else {
+            panic!("{pkt:?}")
+        };
+        assert_eq!(b, block + 1);
+        got.extend_from_slice(d);
+    }
+    sock.send_to(&packet::encode_ack(5), tid).await.unwrap();
+    assert_eq!(got, data);
+    wait_outcome(&server.metrics, Ended::Complete, 1).await;
+    assert_eq!(server.metrics.blocks_retransmitted(), 0);
+
+    // A client ERROR ends it at once, despite the 60 s timeout.
+    let sock = client().await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (_, tid) = recv(&sock).await;
+    let abort = packet::encode_error(ErrorCode::NotDefined, "cancelled");
+    sock.send_to(&abort, tid).await.unwrap();
+    wait_outcome(&server.metrics, Ended::ClientAbort, 1).await;
+    wait_for("freed", || server.metrics.active_transfers() == 0).await;
+
+    // A new request from the same port replaces the running transfer.
+    let sock = client().await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (pkt, _) = recv(&sock).await;
+    assert_eq!(data_block(&pkt), Some((1, 512)));
+    assert_eq!(
+        fetch_raw(&sock, server.addr, &rrq(b"f", &[])).await,
+        Fetch::Data(data.clone())
+    );
+    wait_outcome(&server.metrics, Ended::Aborted, 1).await;
+    wait_outcome(&server.metrics, Ended::Complete, 2).await;
+
+    // Shutdown with a transfer waiting in recv on its thread: it ends, and so does the server.
+    let sock = client().await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (pkt, _) = recv(&sock).await;
+    assert_eq!(data_block(&pkt), Some((1, 512)));
+    let metrics = server.metrics.clone();
+    server.stop().await;
+    assert_eq!(metrics.active_transfers(), 0);
+    assert_eq!(metrics.transfers(Ended::Aborted), 2);
+}

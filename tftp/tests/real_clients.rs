@@ -83,7 +83,7 @@ async fn curl_fetches_with_blksize_and_streams_large_files() {
     let t = tree();
     let small = pattern(1_048_576, 2);
     let large = pattern(3_000_001, 3);
-    std::fs::write(t.root.join("ipxe.efi"), &small).unwrap();
+    write_aged(&t.root.join("ipxe.efi"), &small, 60);
     std::fs::write(t.root.join("large.img"), &large).unwrap();
     std::fs::write(t.root.join("empty"), b"").unwrap();
     let server = start("127.0.0.1:0", &t.root, |c| {
@@ -116,6 +116,10 @@ async fn curl_fetches_with_blksize_and_streams_large_files() {
     server.metrics.write_prometheus(&mut text);
     assert!(
         text.contains("pxeforge_tftp_transfers_total{outcome=\"complete\"} 7\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pxeforge_tftp_transfer_duration_seconds_count 7\n"),
         "{text}"
     );
     // One load into memory, then hits for the other fetches of ipxe.efi.
@@ -183,24 +187,39 @@ async fn a_changed_file_is_served_fresh() {
         return;
     }
     let t = tree();
-    std::fs::write(t.root.join("ipxe.efi"), pattern(100_000, 8)).unwrap();
+    let first = pattern(100_000, 8);
+    write_aged(&t.root.join("ipxe.efi"), &first, 120);
     let server = start("127.0.0.1:0", &t.root, |_| {}).await;
     let port = server.addr.port();
     let work = tempfile::tempdir().unwrap();
-    let (ok, log) = curl_get(port, "ipxe.efi", work.path(), &[]).await;
-    assert!(ok, "{log}");
-    // Same size, new bytes, rewritten in place; then replaced by rename.
+    for _ in 0..2 {
+        let (ok, log) = curl_get(port, "ipxe.efi", work.path(), &[]).await;
+        assert!(ok, "{log}");
+        assert_eq!(read_out(work.path()), first);
+    }
+    let mut text = String::new();
+    server.metrics.write_prometheus(&mut text);
+    assert!(
+        text.contains("pxeforge_tftp_cache_hits_total 1\n"),
+        "{text}"
+    );
+    // Same size, new bytes, rewritten in place; then replaced by rename; then just written.
     let second = pattern(100_000, 9);
-    std::fs::write(t.root.join("ipxe.efi"), &second).unwrap();
+    write_aged(&t.root.join("ipxe.efi"), &second, 60);
     let (ok, log) = curl_get(port, "ipxe.efi", work.path(), &[]).await;
     assert!(ok, "{log}");
     assert_eq!(read_out(work.path()), second);
-    let third = pattern(90_000, 10);
-    std::fs::write(t.root.join("new"), &third).unwrap();
+    let third = pattern(100_000, 10);
+    write_aged(&t.root.join("new"), &third, 60);
     std::fs::rename(t.root.join("new"), t.root.join("ipxe.efi")).unwrap();
     let (ok, log) = curl_get(port, "ipxe.efi", work.path(), &[]).await;
     assert!(ok, "{log}");
     assert_eq!(read_out(work.path()), third);
+    let fourth = pattern(100_000, 11);
+    std::fs::write(t.root.join("ipxe.efi"), &fourth).unwrap();
+    let (ok, log) = curl_get(port, "ipxe.efi", work.path(), &[]).await;
+    assert!(ok, "{log}");
+    assert_eq!(read_out(work.path()), fourth);
     server.stop().await;
 }
 

@@ -54,7 +54,7 @@ impl Site {
             }
         };
         let (recipes, mut recipe_diags) = pxeforge_imagebuilder::load_recipes(dir);
-        diags.extend(recipe_diags.drain(..).map(from_builder_diag));
+        diags.extend(recipe_diags.drain(..).map(|d| from_builder_diag(dir, d)));
         let settings = settings.unwrap_or_default();
         if has_errors(&diags) {
             return Err(SiteErrors(diags));
@@ -79,7 +79,7 @@ impl Site {
         diags.extend(
             pxeforge_imagebuilder::check_store_limits(&site.state_dir(), &site.profile_layers())
                 .into_iter()
-                .map(from_builder_diag),
+                .map(|d| from_builder_diag(dir, d)),
         );
         diags.extend(crate::render::check_all(&site));
         if has_errors(&diags) {
@@ -111,7 +111,7 @@ impl Site {
         out.extend(
             pxeforge_imagebuilder::check_recipes(&self.dir, &self.recipes, &layers)
                 .into_iter()
-                .map(from_builder_diag),
+                .map(|d| from_builder_diag(&self.dir, d)),
         );
         for p in self.profiles.values() {
             let mut err = |message: String| {
@@ -200,9 +200,13 @@ impl Profile {
     }
 }
 
-fn from_builder_diag(d: pxeforge_imagebuilder::Diagnostic) -> Diagnostic {
+fn from_builder_diag(site_dir: &Path, d: pxeforge_imagebuilder::Diagnostic) -> Diagnostic {
     Diagnostic {
-        file: d.file,
+        file: d
+            .file
+            .strip_prefix(site_dir)
+            .map(Path::to_path_buf)
+            .unwrap_or(d.file),
         line: d.line,
         message: d.message,
         severity: match d.severity {

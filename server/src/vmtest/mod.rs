@@ -69,9 +69,13 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Directory served at /assets/ (default: the site's), e.g. where the test installer is staged
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "installer")]
     pub assets: Option<PathBuf>,
-    /// Folder for serial.log, serve.log, report.json and the VM's disk
+    /// Serve the kernel and initramfs of this built recipe (e.g. test-installer) as the boot
+    /// tree `/assets/installer/images/pxeboot/` (the assets folder then holds only that)
+    #[arg(long, value_name = "RECIPE")]
+    pub installer: Option<String>,
+    /// Folder for report.txt, report.json, serial.log, serve.log, dnsmasq.log and the VM's disk
     #[arg(long, value_name = "DIR", default_value = "vm-test-out")]
     pub out: PathBuf,
     /// Who hands out addresses: dnsmasq beside pxeforge's proxyDHCP, or pxeforge alone
@@ -117,9 +121,9 @@ fn catch_signals() {
 pub fn run(args: &VmTestArgs) -> Result<i32> {
     let (server, prefix) = crate::site::host::parse_cidr(&args.address)
         .map_err(|e| anyhow::anyhow!("--address {}: {e}", args.address))?;
-    if prefix > 24 {
+    if !(8..=24).contains(&prefix) {
         bail!(
-            "--address {}: the test network needs a prefix of /24 or shorter",
+            "--address {}: the test network needs a prefix from /8 to /24",
             args.address
         );
     }
@@ -138,6 +142,7 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         args.profile.as_deref(),
         args.firmware,
     )?;
+    let state_dir = args.state.clone().unwrap_or_else(|| site.state_dir());
     drop(site);
 
     let facts = needs::probe();
@@ -145,11 +150,18 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
     if !missing.is_empty() {
         eprintln!("pxeforge vm-test: cannot boot a VM here:");
         for m in &missing {
-            eprintln!("  missing {}  (install: {})", m.what, m.package);
+            eprintln!("  missing {}: {}", m.what, m.package);
         }
-        eprintln!(
-            "  all at once: apt-get install qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2"
-        );
+        let pkgs: Vec<&str> = missing
+            .iter()
+            .filter_map(|m| m.package.strip_prefix("apt-get install "))
+            .collect();
+        if !pkgs.is_empty() {
+            eprintln!(
+                "  on Debian: apt-get install {} (or scripts/install-deps.sh for everything)",
+                pkgs.join(" ")
+            );
+        }
         return Ok(2);
     }
 
@@ -171,12 +183,24 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         _ => None,
     };
 
+    let assets = match &args.installer {
+        Some(recipe) => Some(stage_installer(
+            &state_dir,
+            recipe,
+            target.profile.as_deref(),
+            &out,
+        )?),
+        None => args.assets.clone(),
+    };
+
     catch_signals();
-    let mut session = Session::start(args, &out, &target, server, prefix)?;
+    let mut session = Session::start(args, assets.as_deref(), &out, &target, server, prefix)?;
     let outcome = session.follow(args, &target, &disk, ovmf, &facts)?;
     let report = session.finish(args, &target, &out, &disk, outcome);
+    let text = report.render();
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-    print!("{}", report.render());
+    std::fs::write(out.join("report.txt"), &text)?;
+    print!("{text}");
     Ok(report.exit_code)
 }
 
@@ -218,6 +242,7 @@ impl Logs {
 impl Session {
     fn start(
         args: &VmTestArgs,
+        assets: Option<&Path>,
         out: &Path,
         target: &target::Target,
         server: Ipv4Addr,
@@ -287,7 +312,7 @@ impl Session {
         if let Some(state) = &args.state {
             cmd.arg("--state").arg(state);
         }
-        if let Some(assets) = &args.assets {
+        if let Some(assets) = assets {
             cmd.arg("--assets").arg(assets);
         }
         cmd.env("PXEFORGE_LOG", "info");
@@ -504,6 +529,42 @@ impl Session {
             disk: disk.display().to_string(),
         }
     }
+}
+
+/// Copies the current build of `recipe` (the profile's, else any profile's: an installer does not
+/// depend on the machine) to `<out>/assets/installer/images/pxeboot/{vmlinuz,initrd.img}`, the
+/// layout of an install tree, and returns the assets folder to serve.
+fn stage_installer(
+    state: &Path,
+    recipe: &str,
+    profile: Option<&str>,
+    out: &Path,
+) -> Result<PathBuf> {
+    let recipe_dir = state.join("images").join(recipe);
+    let mut candidates: Vec<PathBuf> = profile.map(|p| recipe_dir.join(p)).into_iter().collect();
+    if let Ok(rd) = std::fs::read_dir(&recipe_dir) {
+        let mut others: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        others.sort();
+        candidates.extend(others);
+    }
+    let Some(build) = candidates
+        .iter()
+        .map(|d| d.join("current"))
+        .find(|c| c.join("vmlinuz").is_file() && c.join("initramfs.img").is_file())
+    else {
+        bail!(
+            "no published build of {recipe:?} with vmlinuz and initramfs.img under {} (run: pxeforge build {recipe})",
+            recipe_dir.display()
+        );
+    };
+    let assets = out.join("assets");
+    let tree = assets.join("installer/images/pxeboot");
+    std::fs::create_dir_all(&tree)?;
+    for (from, to) in [("vmlinuz", "vmlinuz"), ("initramfs.img", "initrd.img")] {
+        std::fs::copy(build.join(from), tree.join(to))
+            .with_context(|| format!("staging {}", build.join(from).display()))?;
+    }
+    Ok(assets)
 }
 
 fn last(v: &[String], n: usize) -> &[String] {

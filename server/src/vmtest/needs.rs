@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use super::Firmware;
 
-/// One missing prerequisite.
+/// One missing prerequisite and how to get it (`apt-get install PKG`, or what else to do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Missing {
     pub what: String,
-    pub package: &'static str,
+    pub package: String,
 }
 
 /// What was found on the machine; gathered by [`probe`], judged by [`missing`].
@@ -55,8 +55,13 @@ pub fn probe() -> Facts {
 /// Every missing piece for a boot with this firmware, with or without dnsmasq beside us.
 pub fn missing(f: &Facts, firmware: Firmware, dnsmasq: bool) -> Vec<Missing> {
     let mut out = Vec::new();
-    let mut need = |ok: bool, what: &str, package: &'static str| {
+    // `how`: a Debian package, or (after '!') what else to do.
+    let mut need = |ok: bool, what: &str, how: &str| {
         if !ok {
+            let package = match how.strip_prefix('!') {
+                Some(other) => other.to_string(),
+                None => format!("apt-get install {how}"),
+            };
             out.push(Missing {
                 what: what.to_string(),
                 package,
@@ -66,15 +71,11 @@ pub fn missing(f: &Facts, firmware: Firmware, dnsmasq: bool) -> Vec<Missing> {
     need(
         f.root,
         "root (network namespaces, taps, ports 67/69)",
-        "run as root",
+        "!run it as root",
     );
     need(f.ip, "the `ip` command", "iproute2");
     need(f.qemu, "qemu-system-x86_64", "qemu-system-x86");
-    need(
-        f.tun,
-        "/dev/net/tun",
-        "the tun kernel module (modprobe tun)",
-    );
+    need(f.tun, "/dev/net/tun", "!load the tun module (modprobe tun)");
     match firmware {
         Firmware::Bios => need(f.bios_rom.is_some(), BIOS_ROM, "ipxe-qemu"),
         Firmware::Uefi => need(
@@ -131,8 +132,24 @@ mod tests {
             ..all()
         };
         let m = missing(&f, Firmware::Uefi, true);
-        let pkgs: Vec<_> = m.iter().map(|m| m.package).collect();
-        assert_eq!(pkgs, ["qemu-system-x86", "ovmf", "dnsmasq-base"]);
+        let pkgs: Vec<_> = m.iter().map(|m| m.package.as_str()).collect();
+        assert_eq!(
+            pkgs,
+            [
+                "apt-get install qemu-system-x86",
+                "apt-get install ovmf",
+                "apt-get install dnsmasq-base"
+            ]
+        );
+        let nonroot = missing(
+            &Facts {
+                root: false,
+                ..all()
+            },
+            Firmware::Bios,
+            false,
+        );
+        assert_eq!(nonroot[0].package, "run it as root");
         // BIOS boots do not need OVMF; reservation mode does not need dnsmasq.
         assert_eq!(missing(&f, Firmware::Bios, false).len(), 1);
     }

@@ -80,8 +80,13 @@ impl Report {
         for e in &self.events {
             let _ = writeln!(
                 s,
-                "  event #{:<4} {:>9.1}s  {}/{} {}",
-                e.event.id, e.at_secs, e.event.stage, e.event.status, e.event.message
+                "  {:<15} {:>7.1}s  {:<10} {}/{} {}",
+                format!("event #{}", e.event.id),
+                e.at_secs,
+                "/api/hosts",
+                e.event.stage,
+                e.event.status,
+                e.event.message
             );
         }
         let verdict = match self.outcome {

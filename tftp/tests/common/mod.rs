@@ -78,6 +78,19 @@ pub fn tree() -> Tree {
     Tree { dir, root, outside }
 }
 
+/// Writes a file whose mtime lies `age_secs` in the past: the memory cache keeps only files
+/// that have not changed for a moment.
+pub fn write_aged(path: &Path, data: &[u8], age_secs: u64) {
+    std::fs::write(path, data).unwrap();
+    let when = std::time::SystemTime::now() - Duration::from_secs(age_secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 /// Deterministic pseudo-random bytes (so a transfer of the wrong block is noticed).
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);

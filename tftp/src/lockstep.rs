@@ -1,0 +1,172 @@
+//! Large lockstep transfers (windowsize 1, a file too big for the memory cache) run on a
+//! blocking thread: each ACK then wakes the thread straight out of `recv`, with no event loop
+//! between the kernel and the state machine, which is what a 32 MiB lockstep transfer spends
+//! its time on. Small files and windowed transfers stay on the async path, where a boot storm
+//! of hundreds of clients costs no thread each.
+
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cache::{Content, ReadAhead};
+use crate::metrics::TftpMetrics;
+use crate::packet::{self, Packet};
+use crate::session::Stats;
+use crate::transfer::{Action, Event, Outcome, Params, Transfer};
+
+/// Tells a blocking transfer to stop, and wakes it if it sits in `recv`, unless disarmed.
+pub(crate) struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    /// A duplicate of the transfer socket's descriptor.
+    fd: OwnedFd,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    pub fn new(flag: Arc<AtomicBool>, fd: OwnedFd) -> CancelOnDrop {
+        CancelOnDrop {
+            flag,
+            fd,
+            armed: true,
+        }
+    }
+
+    /// The transfer ended by itself: dropping the guard only closes the duplicate descriptor.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.flag.store(true, Ordering::Relaxed);
+        // SAFETY: `fd` is an open socket owned by this guard; shutdown(2) has no memory
+        // effects. SHUT_RD makes a blocked recv on the shared socket return at once.
+        unsafe {
+            libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RD);
+        }
+    }
+}
+
+/// What a blocking lockstep transfer takes to its thread.
+pub(crate) struct Job {
+    pub content: Content,
+    pub params: Params,
+    pub oack: Vec<u8>,
+    pub timeout: Duration,
+    pub metrics: Arc<TftpMetrics>,
+}
+
+/// Drives one transfer with blocking I/O on `socket` (connected to the client). Returns when
+/// the state machine ends, on an I/O error, or soon after `cancel` is set.
+pub(crate) fn run(
+    socket: &UdpSocket,
+    job: &Job,
+    stats: &mut Stats,
+    cancel: &AtomicBool,
+) -> std::io::Result<Outcome> {
+    let Job {
+        content,
+        params,
+        oack,
+        timeout,
+        metrics,
+    } = job;
+    let (params, timeout) = (*params, *timeout);
+    socket.set_nonblocking(false)?;
+    let mut armed = timeout;
+    socket.set_read_timeout(Some(armed))?;
+    let (mut transfer, mut action) = Transfer::start(params);
+    let mut reader = ReadAhead::new(content);
+    let mut out = vec![0u8; 4 + usize::from(params.blksize)];
+    let mut inbuf = [0u8; 1024];
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        match action {
+            Action::SendOack { .. } => {
+                send(socket, oack)?;
+                deadline = Instant::now() + timeout;
+            }
+            Action::SendBlocks {
+                first,
+                last,
+                retransmit,
+            } => {
+                for index in first..=last {
+                    let (offset, len) = transfer.block_range(index);
+                    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
+                    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
+                    reader.read_at(offset, &mut out[4..4 + len])?;
+                    send(socket, &out[..4 + len])?;
+                    stats.bytes += len as u64;
+                    metrics.add_bytes_sent(len as u64);
+                }
+                if retransmit {
+                    let n = last + 1 - first;
+                    stats.retransmitted += n;
+                    metrics.add_retransmitted(n);
+                }
+                deadline = Instant::now() + timeout;
+            }
+            Action::Wait => {}
+            Action::Fail {
+                code,
+                message,
+                outcome,
+            } => {
+                let _ = socket.send(&packet::encode_error(code, message));
+                return Ok(outcome);
+            }
+            Action::Finish(outcome) => return Ok(outcome),
+        }
+        // The receive timeout is the time left until the deadline: after a send that is the
+        // full timeout, already set; only a duplicate ACK (which does not re-arm) changes it.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let event = if remaining.is_zero() {
+            Event::Timeout
+        } else {
+            if remaining.abs_diff(armed) > Duration::from_millis(1) {
+                armed = remaining;
+                socket.set_read_timeout(Some(armed))?;
+            }
+            let received = socket.recv(&mut inbuf);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("transfer cancelled"));
+            }
+            match received {
+                Ok(n) => match packet::parse(&inbuf[..n]) {
+                    Ok(Packet::Ack { block }) => Event::Ack(block),
+                    Ok(Packet::Error { .. }) => Event::ClientError,
+                    _ => Event::Unexpected,
+                },
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Event::Timeout
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Event::ClientError
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        action = transfer.on_event(event);
+    }
+}
+
+fn send(socket: &UdpSocket, datagram: &[u8]) -> std::io::Result<()> {
+    match socket.send(datagram) {
+        Ok(_) => Ok(()),
+        // The client vanished between two packets; the next recv reports it.
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+        Err(err) => Err(err),
+    }
+}
