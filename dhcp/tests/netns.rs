@@ -716,3 +716,84 @@ fn server_address_follows_the_receiving_interface() {
         "answered on an interface it is not bound to"
     );
 }
+
+#[test]
+fn decline_and_release_over_the_wire() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let cli = lab.node("cli", None, None);
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Reservation,
+        site(true),
+        lab.dir.path().join("leases.db"),
+    );
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let a = mac("02:00:00:00:02:0a");
+    let b = mac("02:00:00:00:02:0b");
+    let packet = |who, msg: u8, opts: &[(u8, Vec<u8>)], ciaddr: Option<Ipv4Addr>| {
+        let mut p = plain_client(who, msg);
+        p[10] = 0x80; // broadcast flag: the client has no address to receive unicast on
+        for (code, value) in opts {
+            set_option(&mut p, *code, value);
+        }
+        if let Some(ip) = ciaddr {
+            set_ip(&mut p, CIADDR, ip);
+        }
+        p
+    };
+    let ask = |p: Vec<u8>| -> Option<wire::Packet> {
+        for _ in 0..3 {
+            let replies = exchange(
+                lab.ns(cli),
+                client,
+                bcast,
+                p.clone(),
+                Duration::from_millis(1500),
+            );
+            if let Some((_, r)) = replies.into_iter().next() {
+                return Some(r);
+            }
+        }
+        None
+    };
+    let tell = |p: Vec<u8>| {
+        let replies = exchange(lab.ns(cli), client, bcast, p, Duration::from_millis(500));
+        assert!(replies.is_empty(), "DECLINE and RELEASE get no reply");
+    };
+    let sid = (opt::SERVER_ID, SERVER_IP.octets().to_vec());
+    let req = |ip: Ipv4Addr| (opt::REQUESTED_IP, ip.octets().to_vec());
+
+    let offer = ask(packet(a, 1, &[], None)).expect("no offer");
+    let first = offer.yiaddr;
+    assert_eq!(first, Ipv4Addr::new(10, 0, 0, 100));
+    let ack = ask(packet(a, 3, &[sid.clone(), req(first)], None)).expect("no ack");
+    assert_eq!((ack.msg_type(), ack.yiaddr), (Some(5), first));
+
+    // The address is in use by someone else: A declines it and never gets it again for now.
+    tell(packet(a, 4, &[sid.clone(), req(first)], None));
+    let offer = ask(packet(a, 1, &[req(first)], None)).expect("no offer after decline");
+    let second = offer.yiaddr;
+    assert!(
+        second != first && second != Ipv4Addr::UNSPECIFIED,
+        "{second}"
+    );
+    let ack = ask(packet(a, 3, &[sid.clone(), req(second)], None)).expect("no ack");
+    assert_eq!(ack.yiaddr, second);
+    // B may not take A's bound address: NAK.
+    let nak = ask(packet(b, 3, &[sid.clone(), req(second)], None)).expect("no nak");
+    assert_eq!(nak.msg_type(), Some(6));
+
+    // A releases it; now B can have it.
+    tell(packet(a, 7, std::slice::from_ref(&sid), Some(second)));
+    let offer = ask(packet(b, 1, &[req(second)], None)).expect("no offer for b");
+    assert_eq!(offer.yiaddr, second);
+    let ack = ask(packet(b, 3, &[sid, req(second)], None)).expect("no ack for b");
+    assert_eq!((ack.msg_type(), ack.yiaddr), (Some(5), second));
+    assert!(server.metrics.decisions("declined") == 1 && server.metrics.decisions("released") == 1);
+    assert_eq!(server.metrics.lease_errors.load(Ordering::Relaxed), 0);
+}
