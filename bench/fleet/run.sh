@@ -56,15 +56,15 @@ SERVER_PID=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' "$TMP/report.txt" | head -1)
         echo "## Where the CPU went (perf record -a, all processes)"
         echo
         echo '```'
-        perf report -i "$TMP/perf.data" --stdio --no-children --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+        { perf report -i "$TMP/perf.data" --stdio --no-children --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25; } || true
         echo '```'
         if [ -n "$SERVER_PID" ]; then
             echo
             echo "## The server (pid $SERVER_PID): hottest symbols"
             echo
             echo '```'
-            perf report -i "$TMP/perf.data" --stdio --no-children --pid "$SERVER_PID" --sort sym 2>/dev/null \
-                | grep -E '^ +[0-9]' | head -30
+            { perf report -i "$TMP/perf.data" --stdio --no-children --pid "$SERVER_PID" --sort sym 2>/dev/null \
+                | grep -E '^ +[0-9]' | head -30; } || true
             echo '```'
         fi
     fi

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use pxeforge_tftp::options::{negotiate, Limits};
@@ -12,15 +12,16 @@ use pxeforge_tftp::packet::{self, ErrorCode, Mode, Packet};
 use pxeforge_tftp::transfer::{Action, Event, Outcome, Params, Transfer};
 use pxeforge_tftp::Ended;
 
+/// The client's packets of `../shared/captures/ovmf-native-pxe.pcap`, cut with
+/// `tcpdump -w data/ovmf-native-pxe-tftp-client.pcap 'src host 10.77.0.104 and udp and not port
+/// 67 and not port 68 and not port 4011'` so that the vectors live in the repository.
 fn capture() -> Option<PathBuf> {
-    let path = captures_dir().join("ovmf-native-pxe.pcap");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ovmf-native-pxe-tftp-client.pcap");
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIP: capture {} not found (set PXEFORGE_CAPTURES)",
-            path.display()
-        );
+        eprintln!("SKIP: capture {} not found", path.display());
         None
     }
 }

@@ -297,48 +297,64 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
         .enable_all()
         .build()?;
     let n = sim_hosts.len();
-    let (outcomes, wall, before, after, self_before, self_after) = rt.block_on(async {
-        let dhcp = match dhcp_mode {
-            Some(m) => Some((dhcp_client::DhcpClient::bind("lo", Ipv4Addr::LOCALHOST)?, m)),
-            None => None,
-        };
-        let ctx = Arc::new(Ctx {
-            http: server.http,
-            tftp: server.tftp,
-            dhcp,
-            boot_bios: bf.bios.clone(),
-            boot_efi: bf.efi_x64.clone(),
-            blksize: args.blksize,
-            stage_timeout: Duration::from_secs(args.stage_timeout),
-            tftp_files,
-            http_files,
-        });
-        let before = server.stats()?;
-        let self_before = child::proc_stats("/proc/self")?;
-        let started = Instant::now();
-        let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-        let mut tasks = Vec::with_capacity(n);
-        let names: Vec<String> = sim_hosts.iter().map(|h| h.name.clone()).collect();
-        for h in sim_hosts {
-            let (ctx, sem) = (ctx.clone(), sem.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                host::boot(&ctx, &h).await
-            }));
-        }
-        let mut outcomes = Vec::with_capacity(n);
-        for t in tasks {
-            outcomes.push(t.await.unwrap_or_else(|e| stats::HostOutcome {
-                failure: Some((None, format!("host task failed: {e}"))),
-                ..Default::default()
-            }));
-        }
-        let wall = started.elapsed();
-        let after = server.stats()?;
-        let self_after = child::proc_stats("/proc/self")?;
-        check_journal(&ctx, &names, &mut outcomes).await?;
-        anyhow::Ok((outcomes, wall, before, after, self_before, self_after))
-    })?;
+    let (outcomes, wall, before, after, self_before, self_after, machine_busy) =
+        rt.block_on(async {
+            let dhcp = match dhcp_mode {
+                Some(m) => Some((dhcp_client::DhcpClient::bind("lo", Ipv4Addr::LOCALHOST)?, m)),
+                None => None,
+            };
+            let ctx = Arc::new(Ctx {
+                http: server.http,
+                tftp: server.tftp,
+                dhcp,
+                boot_bios: bf.bios.clone(),
+                boot_efi: bf.efi_x64.clone(),
+                blksize: args.blksize,
+                stage_timeout: Duration::from_secs(args.stage_timeout),
+                tftp_files,
+                http_files,
+            });
+            let before = server.stats()?;
+            let self_before = child::proc_stats("/proc/self")?;
+            let machine_before = machine_jiffies();
+            let started = Instant::now();
+            let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+            let mut tasks = Vec::with_capacity(n);
+            let names: Vec<String> = sim_hosts.iter().map(|h| h.name.clone()).collect();
+            for h in sim_hosts {
+                let (ctx, sem) = (ctx.clone(), sem.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    host::boot(&ctx, &h).await
+                }));
+            }
+            let mut outcomes = Vec::with_capacity(n);
+            for t in tasks {
+                outcomes.push(t.await.unwrap_or_else(|e| stats::HostOutcome {
+                    failure: Some((None, format!("host task failed: {e}"))),
+                    ..Default::default()
+                }));
+            }
+            let wall = started.elapsed();
+            let after = server.stats()?;
+            let self_after = child::proc_stats("/proc/self")?;
+            let machine_busy = match (machine_before, machine_jiffies()) {
+                (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                    Some((b1 - b0) as f64 / (t1 - t0) as f64)
+                }
+                _ => None,
+            };
+            check_journal(&ctx, &names, &mut outcomes).await?;
+            anyhow::Ok((
+                outcomes,
+                wall,
+                before,
+                after,
+                self_before,
+                self_after,
+                machine_busy,
+            ))
+        })?;
     drop(rt);
 
     if netns {
@@ -362,6 +378,7 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
             server_peak_rss_kib: after.peak_rss_kib,
             clients_cpu_secs: self_after.cpu_secs - self_before.cpu_secs,
             cpus,
+            machine_busy,
         },
         notes,
     });
@@ -369,6 +386,10 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
     drop(server);
     let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
     Ok(if failures == 0 && n > 0 { 0 } else { 1 })
+}
+
+fn machine_jiffies() -> Option<(u64, u64)> {
+    stats::cpu_jiffies(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// The server's own account must agree: every host that booted has `finished` as its last

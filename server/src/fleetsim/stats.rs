@@ -105,6 +105,24 @@ pub struct Usage {
     pub server_peak_rss_kib: u64,
     pub clients_cpu_secs: f64,
     pub cpus: usize,
+    /// Share of the machine's CPU time that was busy over the run (all processes, /proc/stat).
+    pub machine_busy: Option<f64>,
+}
+
+/// (busy, total) jiffies from the `cpu` line of /proc/stat; idle and iowait count as idle.
+pub fn cpu_jiffies(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    // guest and guest_nice (9th, 10th) are already counted in user and nice.
+    let total: u64 = v.iter().take(8).sum();
+    Some((total - v[3] - v[4], total))
 }
 
 /// Which resource ran out. Server and clients share the machine, so when together they used
@@ -115,6 +133,15 @@ pub fn verdict(u: &Usage) -> String {
         return "run too short to judge".into();
     }
     let busy = (u.server_cpu_secs + u.clients_cpu_secs) / avail;
+    if let Some(machine) = u.machine_busy.filter(|m| *m >= 0.85 && busy < 0.85) {
+        return format!(
+            "CPU-bound: the machine's {} CPUs were {:.0}% busy, {:.0}% of them with this run \
+             (server + simulated clients) and the rest with other processes",
+            u.cpus,
+            machine * 100.0,
+            busy * 100.0
+        );
+    }
     if busy >= 0.85 {
         format!(
             "CPU-bound: server + simulated clients kept {:.0}% of {} CPUs busy",
@@ -206,6 +233,14 @@ pub fn render(r: &Report<'_>) -> String {
         }
     );
     let _ = writeln!(out, "simulated clients: CPU {:.1} s", u.clients_cpu_secs);
+    if let Some(m) = u.machine_busy {
+        let _ = writeln!(
+            out,
+            "machine: {} CPUs, {:.0}% busy over the run (all processes)",
+            u.cpus,
+            m * 100.0
+        );
+    }
     let _ = writeln!(out, "limit: {}", verdict(u));
     for f in failed.iter().take(10) {
         if let Some((stage, why)) = &f.failure {
@@ -283,5 +318,19 @@ mod tests {
             ..u
         };
         assert!(verdict(&idle).starts_with("not CPU-bound"));
+        let shared = Usage {
+            machine_busy: Some(0.97),
+            ..idle.clone()
+        };
+        assert!(
+            verdict(&shared).contains("other processes"),
+            "{}",
+            verdict(&shared)
+        );
+        assert_eq!(
+            cpu_jiffies("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 2 3 4 5\n"),
+            Some((15, 100))
+        );
+        assert_eq!(cpu_jiffies("intr 1 2"), None);
     }
 }

@@ -140,6 +140,10 @@ pub async fn fetch(
                 sock.send_to(&last_sent, from).await?;
                 silent = 0;
             }
+            Packet::Oack(_) if peer == Some(from) && expected_block == 1 => {
+                // The server repeated its OACK: our ACK 0 was lost or late.
+                sock.send_to(&last_sent, from).await?;
+            }
             Packet::Data { block, data } => {
                 peer.get_or_insert(from);
                 if block == expected_block {

@@ -321,10 +321,3 @@ pub fn read_pcap_udp(path: &Path) -> Vec<Udp> {
     }
     out
 }
-
-/// The team's shared captures: `$PXEFORGE_CAPTURES`, else `../shared/captures` beside the repo.
-pub fn captures_dir() -> PathBuf {
-    std::env::var_os("PXEFORGE_CAPTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/captures"))
-}
