@@ -18,12 +18,12 @@ if [ ${#missing[@]} -gt 0 ] || ! qemu-system-x86_64 --version >/dev/null 2>&1; t
   apt-get update -qq
   # qemu-utils must be the same release as qemu-system-x86 (a newer one Breaks it).
   qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-  apt-get install -y -qq --allow-downgrades "${missing[@]/qemu-utils/}" "qemu-utils=$qv" >/dev/null
+  others=()
+  for p in "${missing[@]}"; do [ "$p" = qemu-utils ] || others+=("$p"); done
+  apt-get install -y -qq --allow-downgrades "${others[@]}" "qemu-utils=$qv" >/dev/null
 fi
 # The Debian services must not run on their own: the tests and benches start them by hand.
 for svc in dnsmasq tftpd-hpa nginx kea-dhcp4-server; do
   systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
 done
-pkill -x dnsmasq 2>/dev/null || true
-pkill -x in.tftpd 2>/dev/null || true
 python3 -m pip show pykickstart >/dev/null 2>&1 || python3 -m pip install -q pykickstart

@@ -16,6 +16,7 @@ DHCP=${DHCP:-proxy}
 KERNEL=${KERNEL:-8M}
 INITRD=${INITRD:-64M}
 PROFILE=${PROFILE:-1}
+PERF_DATA=${PERF_DATA:-}   # keep the profile at this path (default: a temp file)
 RESULTS=${RESULTS:-$ROOT/bench/fleet/latest-run.md}
 
 if [ -z "${PXEFORGE_BIN:-}" ]; then
@@ -25,13 +26,14 @@ if [ -z "${PXEFORGE_BIN:-}" ]; then
 fi
 TMP=$(mktemp -d /tmp/pxeforge-bench-fleet.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
+PERF_DATA=${PERF_DATA:-$TMP/perf.data}
 
 CMD=("$PXEFORGE_BIN" fleet-sim --site "$ROOT" --hosts "$HOSTS" --concurrency "$CONCURRENCY"
      --dhcp "$DHCP" --kernel-size "$KERNEL" --initrd-size "$INITRD" "$@")
 echo "== ${CMD[*]}" >&2
 rc=0
 if [ "$PROFILE" = 1 ] && command -v perf >/dev/null && perf record -o "$TMP/probe.data" -- true >/dev/null 2>&1; then
-    perf record -F 499 -g -a -o "$TMP/perf.data" -- "${CMD[@]}" > "$TMP/report.txt" 2> "$TMP/stderr.txt" || rc=$?
+    perf record -F 499 -g -a -o "$PERF_DATA" -- "${CMD[@]}" > "$TMP/report.txt" 2> "$TMP/stderr.txt" || rc=$?
     PERF=1
 else
     "${CMD[@]}" > "$TMP/report.txt" 2> "$TMP/stderr.txt" || rc=$?
@@ -40,6 +42,14 @@ fi
 cat "$TMP/report.txt"
 [ "$rc" = 0 ] || { echo "fleet-sim exited with $rc" >&2; tail -20 "$TMP/stderr.txt" >&2; }
 SERVER_PID=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' "$TMP/report.txt" | head -1)
+SIM_PID=$(sed -n 's/.*simulator pid \([0-9]*\).*/\1/p' "$TMP/report.txt" | head -1)
+# Symbols of one process, summed over its threads, as % of all samples.
+process_symbols() {
+    { perf report -i "$PERF_DATA" --stdio --no-children -g none --pid "$1" --sort pid,dso,sym 2>/dev/null \
+        | grep -E '^ +[0-9]' \
+        | awk '{ p = $1; sub(/%/, "", p); $1 = ""; $2 = ""; s[$0] += p } END { for (k in s) printf "%7.2f%% %s\n", s[k], k }' \
+        | sort -rn | head -"$2"; } || true
+}
 
 {
     echo "# Fleet simulation: raw results"
@@ -53,20 +63,26 @@ SERVER_PID=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' "$TMP/report.txt" | head -1)
     echo '```'
     if [ "$PERF" = 1 ]; then
         echo
-        echo "## Where the CPU went (perf record -a, all processes)"
+        echo "## Where the CPU went: share of all samples per process (perf record -a -F 499)"
         echo
         echo '```'
-        { perf report -i "$TMP/perf.data" --stdio --no-children --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25; } || true
+        { perf script -i "$PERF_DATA" -F pid,comm 2>/dev/null | awk -v srv="$SERVER_PID" -v sim="$SIM_PID" '
+            { pid = $NF; $NF = ""; total++
+              w[(pid == srv) ? "pxeforge serve (server)" : (pid == sim) ? "pxeforge fleet-sim (clients)" : "other processes: " $0]++ }
+            END { for (k in w) printf "%6.1f%%  %s\n", 100 * w[k] / total, k }' | sort -rn | head -12; } || true
         echo '```'
-        if [ -n "$SERVER_PID" ]; then
-            echo
-            echo "## The server (pid $SERVER_PID): hottest symbols"
-            echo
-            echo '```'
-            { perf report -i "$TMP/perf.data" --stdio --no-children --pid "$SERVER_PID" --sort sym 2>/dev/null \
-                | grep -E '^ +[0-9]' | head -30; } || true
-            echo '```'
-        fi
+        echo
+        echo "## The server (pid $SERVER_PID): hottest symbols, % of all samples"
+        echo
+        echo '```'
+        process_symbols "$SERVER_PID" 20
+        echo '```'
+        echo
+        echo "## The simulator (pid $SIM_PID): hottest symbols, % of all samples"
+        echo
+        echo '```'
+        process_symbols "$SIM_PID" 8
+        echo '```'
     fi
 } > "$RESULTS"
 echo "== wrote $RESULTS" >&2

@@ -109,7 +109,9 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         }
     };
     print_diagnostics(&site.warnings);
+    let mut site = site;
     let eff = effective(&site, &overrides);
+    site.state_dir = eff.state.clone();
     std::fs::create_dir_all(&eff.state)
         .with_context(|| format!("creating state directory {}", eff.state.display()))?;
     let events = Arc::new(EventStore::open(&eff.state.join("events.db"))?);
@@ -212,9 +214,10 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
                 let loaded = tokio::task::spawn_blocking(move || Site::load(&dir)).await;
                 let ms = started.elapsed().as_millis() as u64;
                 match loaded {
-                    Ok(Ok(new_site)) => {
+                    Ok(Ok(mut new_site)) => {
                         print_diagnostics(&new_site.warnings);
                         let e = effective(&new_site, &reload_overrides);
+                        new_site.state_dir = e.state.clone();
                         dhcp_site.store(Arc::new(crate::dhcp_view::compile(&new_site, &e)));
                         tracing::info!(hosts = new_site.hosts.len(), profiles = new_site.profiles.len(), ms, "site reloaded");
                         reload_site.store(Arc::new(new_site));

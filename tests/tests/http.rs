@@ -73,14 +73,11 @@ fn scripts_for_every_kind_of_machine() {
     assert!(boot.starts_with("#!ipxe"));
     assert!(
         boot.contains(&format!(
-            "chain --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid:uristring}}"
+            "chain --replace --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&"
         )),
         "{boot}"
     );
-    assert!(
-        boot.contains("product=${product:uristring}")
-            && boot.contains("platform=${platform:uristring}")
-    );
+    assert!(boot.contains("product=${product:uristring}") && boot.contains("platform=${platform}"));
     assert!(
         boot.contains("exit 1"),
         "bootstrap must end in a local-disk fallback"
@@ -145,7 +142,7 @@ fn scripts_for_every_kind_of_machine() {
     assert_eq!(s, 200);
     assert!(!unk.contains("kernel "), "{unk}");
     assert!(
-        unk.contains(&format!("chain --autofree {base}/boot.ipxe")),
+        unk.contains(&format!("chain --replace --autofree {base}/boot.ipxe")),
         "{unk}"
     );
 

@@ -18,9 +18,6 @@ fn fixture() -> Fixture {
     let site = dir.path().join("site");
     std::fs::create_dir_all(&site).unwrap();
     copy_example_site(&site);
-    // Image recipes name build inputs under the repository's .cache, which a copied site does
-    // not have; TFTP needs none of them.
-    let _ = std::fs::remove_dir_all(site.join("images"));
     let root = dir.path().join("tftproot");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("ipxe.efi"), pattern(1_048_576, 1)).unwrap();

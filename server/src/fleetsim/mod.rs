@@ -361,13 +361,14 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
         notes.push("ran in a private network namespace (loopback only)".into());
     }
     let header = format!(
-        "fleet-sim: {n} hosts, concurrency {}, dhcp {}, kernel {} MiB + initrd {} MiB over HTTP, server {} (pid {})",
+        "fleet-sim: {n} hosts, concurrency {}, dhcp {}, kernel {} MiB + initrd {} MiB over HTTP, server {} (pid {}), simulator pid {}",
         args.concurrency,
         dhcp_mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or_else(|| "skipped".into()),
         args.kernel_size >> 20,
         args.initrd_size >> 20,
         exe.display(),
-        server.pid()
+        server.pid(),
+        std::process::id()
     );
     let report = stats::render(&stats::Report {
         header,

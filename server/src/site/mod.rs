@@ -31,6 +31,9 @@ pub struct Site {
     pub recipes: Vec<pxeforge_imagebuilder::Recipe>,
     /// Warnings that did not stop the load (shown by `check`).
     pub warnings: Vec<Diagnostic>,
+    /// Where the image store and databases are: the settings' `state_dir`, unless `serve --state`
+    /// overrides it (set before the site is shared, on start and on every reload).
+    pub state_dir: PathBuf,
 }
 
 /// The result of a failed load: every problem found, not just the first.
@@ -64,13 +67,14 @@ impl Site {
         };
         let mut site = Site {
             dir: dir.to_path_buf(),
-            settings,
             profiles,
             by_mac: HashMap::new(),
             by_uuid: HashMap::new(),
             by_serial: HashMap::new(),
             hosts,
             templates,
+            state_dir: dir.join(&settings.server.state_dir),
+            settings,
             recipes,
             warnings: Vec::new(),
         };
@@ -171,7 +175,7 @@ impl Site {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(&self.settings.server.state_dir)
+        self.state_dir.clone()
     }
 }
 

@@ -429,8 +429,10 @@ impl Session {
             if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 self.logs.write(&l);
                 if self.timeline.observe(self.start, &l) == Some(Stage::LocalBoot) {
-                    self.reason =
-                        "no network boot: the firmware went on to look for a local disk".into();
+                    self.reason = format!(
+                        "no network install: the firmware went on to look for a local disk (last network stage: {})",
+                        self.last_stage(Some(Stage::LocalBoot))
+                    );
                     return Ok(Outcome::LocalBoot);
                 }
             }
@@ -468,7 +470,7 @@ impl Session {
             } else if vm_gone_at.is_some_and(|g| now > g + Duration::from_secs(2)) {
                 self.reason = format!(
                     "the VM stopped without the host reporting finished or failed (last stage: {})",
-                    self.last_stage()
+                    self.last_stage(None)
                 );
                 return Ok(Outcome::Stopped);
             }
@@ -476,17 +478,20 @@ impl Session {
                 self.reason = format!(
                     "no finished or failed event within {} s (last stage: {})",
                     args.timeout,
-                    self.last_stage()
+                    self.last_stage(None)
                 );
                 return Ok(Outcome::Timeout);
             }
         }
     }
 
-    fn last_stage(&self) -> String {
+    /// The latest stage seen (other than `except`), for reasons that say how far the boot got.
+    fn last_stage(&self, except: Option<Stage>) -> String {
         self.timeline
             .marks()
-            .last()
+            .iter()
+            .rev()
+            .find(|m| Some(m.stage) != except)
             .map(|m| format!("{} at {:.1}s", m.stage.label(), m.at_secs))
             .unwrap_or_else(|| "none".into())
     }
@@ -569,4 +574,46 @@ fn stage_installer(
 
 fn last(v: &[String], n: usize) -> &[String] {
     &v[v.len().saturating_sub(n)..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(state: &Path, recipe: &str, profile: &str, kernel: &str) {
+        let build = state.join("images").join(recipe).join(profile).join("b1");
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(build.join("vmlinuz"), kernel).unwrap();
+        std::fs::write(build.join("initramfs.img"), "initramfs").unwrap();
+        std::os::unix::fs::symlink("b1", build.parent().unwrap().join("current")).unwrap();
+    }
+
+    #[test]
+    fn installer_is_staged_as_an_install_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+        publish(&state, "test-installer", "qemu-bios", "bios kernel");
+        publish(&state, "test-installer", "qemu-uefi", "uefi kernel");
+        let tree = |a: &Path| a.join("installer/images/pxeboot");
+        // The profile's own build first ...
+        let a = stage_installer(&state, "test-installer", Some("qemu-uefi"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("vmlinuz")).unwrap(),
+            "uefi kernel"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("initrd.img")).unwrap(),
+            "initramfs"
+        );
+        // ... else any profile's: the installer does not depend on the machine.
+        let a = stage_installer(&state, "test-installer", Some("other"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("vmlinuz")).unwrap(),
+            "bios kernel"
+        );
+        let e = stage_installer(&state, "missing", None, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pxeforge build missing"), "{e}");
+    }
 }
