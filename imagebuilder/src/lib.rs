@@ -37,7 +37,8 @@ pub enum Severity {
     Warning,
 }
 
-/// A problem found in a site file; `line` is 1-based (0 when no line applies).
+/// A problem found in a site file; `line` is 1-based (0 when no line applies). The boot
+/// service's site loader reports its own problems with this same type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: PathBuf,
@@ -63,11 +64,12 @@ impl std::fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        // `file:1` for file-wide problems, so editors and `grep -n`-style tools can jump there.
         write!(
             f,
             "{}:{}: {sev}: {}",
             self.file.display(),
-            self.line,
+            self.line.max(1),
             self.message
         )
     }

@@ -5,6 +5,7 @@ pub mod build_cmd;
 pub mod check;
 pub mod dhcp_view;
 pub mod events;
+pub mod fleetsim;
 pub mod http;
 pub mod images;
 pub mod mac;

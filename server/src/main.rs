@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use pxeforge_server::{build_cmd, check, serve, vmtest};
+use pxeforge_server::{build_cmd, check, fleetsim, serve, vmtest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,6 +60,8 @@ enum Command {
     Images(build_cmd::ImagesArgs),
     /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
     VmTest(vmtest::VmTestArgs),
+    /// Boot a simulated fleet against a real server on loopback and report its capacity
+    FleetSim(fleetsim::FleetSimArgs),
 }
 
 fn init_logging() {
@@ -121,5 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
         Command::VmTest(args) => Ok(ExitCode::from(vmtest::run(&args)?.clamp(0, 255) as u8)),
+        // Must run before any thread or runtime exists: as root it moves into its own namespace.
+        Command::FleetSim(args) => Ok(ExitCode::from(fleetsim::run(&args)?.clamp(0, 255) as u8)),
     }
 }

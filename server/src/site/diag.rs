@@ -1,39 +1,10 @@
 //! Problems found while loading a site, each pinned to a file and line.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Warning,
-    Error,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// Path relative to the site directory where possible, so messages read like `hosts/rack1.toml:12`.
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem concerns the file as a whole.
-    pub line: usize,
-    pub message: String,
-    pub severity: Severity,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(
-            f,
-            "{}:{}: {kind}: {}",
-            self.file.display(),
-            self.line.max(1),
-            self.message
-        )
-    }
-}
+/// One diagnostic type for the whole site: the image builder's, so recipe problems need no
+/// conversion.
+pub use pxeforge_imagebuilder::{Diagnostic, Severity};
 
 /// Collects diagnostics for one file and turns byte offsets into line numbers.
 pub struct FileDiags {
