@@ -190,7 +190,7 @@ pub fn clean_fact(v: &str) -> Option<String> {
 }
 
 /// Which script a request gets, decided before anything is rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ScriptChoice<'a> {
     Host {
         host: &'a Host,
@@ -203,19 +203,6 @@ pub enum ScriptChoice<'a> {
     },
     Unknown,
 }
-
-impl PartialEq for Host {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for Host {}
-impl PartialEq for Profile {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for Profile {}
 
 /// The per-host template context shared by iPXE scripts and kickstarts.
 pub fn host_context(
