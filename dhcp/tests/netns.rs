@@ -21,11 +21,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: DHCP namespace tests need root (network namespaces, port 67)");
+        pxeforge_tests::skip(format_args!(
+            "DHCP namespace tests need root (network namespaces, port 67)"
+        ));
         return false;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIP: DHCP namespace tests need iproute2 (`ip`)");
+        pxeforge_tests::skip(format_args!("DHCP namespace tests need iproute2 (`ip`)"));
         return false;
     }
     true
@@ -454,7 +456,7 @@ fn have_busybox() -> bool {
         .output()
         .is_ok();
     if !ok {
-        eprintln!("SKIP: busybox (udhcpc) not installed");
+        pxeforge_tests::skip(format_args!("busybox (udhcpc) not installed"));
     }
     ok
 }

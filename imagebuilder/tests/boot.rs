@@ -66,7 +66,7 @@ fn ovmf() -> Option<(&'static str, &'static str)> {
 fn disk_boots_under_ovmf_and_mounts_its_ext4_root() {
     let Some(assets) = assets() else { return };
     let Some((code, vars)) = ovmf() else {
-        eprintln!("SKIP: no OVMF firmware (Debian package ovmf)");
+        pxeforge_tests::skip(format_args!("no OVMF firmware (Debian package ovmf)"));
         return;
     };
     let site = Site::new();

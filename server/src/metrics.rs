@@ -1,6 +1,6 @@
 //! Counters exported at `/metrics` in the Prometheus text format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -9,7 +9,8 @@ use std::sync::Mutex;
 pub struct Metrics {
     /// (endpoint route, status) → count. Routes are the matched patterns, so the label set
     /// stays bounded whatever paths clients invent.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Keyed by route first so that the hot path looks up a borrowed `&str` without allocating.
+    requests: Mutex<HashMap<String, HashMap<u16, u64>>>,
     /// Outcome of /ipxe: host, matched, unknown_local, unknown_discover, error.
     scripts: Mutex<BTreeMap<&'static str, u64>>,
     pub events_received: AtomicU64,
@@ -22,7 +23,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn request(&self, route: &str, status: u16) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_string(), status)).or_default() += 1;
+            let by_status = match m.get_mut(route) {
+                Some(s) => s,
+                None => m.entry(route.to_string()).or_default(),
+            };
+            *by_status.entry(status).or_default() += 1;
         }
     }
 
@@ -39,7 +44,11 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE pxeforge_http_requests_total counter");
         if let Ok(m) = self.requests.lock() {
-            for ((route, status), n) in m.iter() {
+            let sorted: BTreeMap<(&str, u16), u64> = m
+                .iter()
+                .flat_map(|(r, by)| by.iter().map(move |(s, n)| ((r.as_str(), *s), *n)))
+                .collect();
+            for ((route, status), n) in sorted {
                 let _ = writeln!(
                     out,
                     "pxeforge_http_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",

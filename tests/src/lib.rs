@@ -36,6 +36,25 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Reports a test that cannot run here and returns early: prints `SKIP: why` and appends it to
+/// `$PXEFORGE_SKIP_LOG` (set by `scripts/test.sh`), because the test harness hides the output of
+/// a test that returns normally — a skip must never look like a silent pass.
+pub fn skip(why: impl std::fmt::Display) {
+    let line = format!("SKIP: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("PXEFORGE_SKIP_LOG") {
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {line}");
+        }
+    }
+}
+
 /// True when `cmd` can be run; tests that need it print a SKIP line otherwise.
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")

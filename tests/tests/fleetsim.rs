@@ -58,8 +58,8 @@ fn simulate(dhcp: &str) -> String {
             );
         }
     } else {
-        eprintln!(
-            "SKIP: the DHCP stages of the fleet simulation need root (private network namespace)"
+        pxeforge_tests::skip(
+            "the DHCP stages of the fleet simulation need root (private network namespace)",
         );
         assert!(err.contains("SKIP: DHCP stage"), "{err}");
     }

@@ -100,7 +100,9 @@ fn sha_of(path: &Path) -> String {
 fn tftp_serves_the_root_to_real_clients() {
     for tool in ["curl", "tftp", "atftp"] {
         if !have(tool) {
-            eprintln!("SKIP: `{tool}` is not installed (apt-get install curl tftp-hpa atftp)");
+            pxeforge_tests::skip(format_args!(
+                "`{tool}` is not installed (apt-get install curl tftp-hpa atftp)"
+            ));
             return;
         }
     }

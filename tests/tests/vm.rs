@@ -48,15 +48,21 @@ fn run_site(work: &Path, state: &Path) -> PathBuf {
 /// True when VMs can boot here; otherwise says why (SKIP) and the test returns.
 fn can_boot(needs_dnsmasq: bool) -> bool {
     if !is_root() {
-        eprintln!("SKIP: VM boot tests need root (network namespaces, taps, ports 67/69)");
+        pxeforge_tests::skip(format_args!(
+            "VM boot tests need root (network namespaces, taps, ports 67/69)"
+        ));
         return false;
     }
     if !have("qemu-system-x86_64") {
-        eprintln!("SKIP: VM boot tests need qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        pxeforge_tests::skip(format_args!(
+            "VM boot tests need qemu-system-x86_64 (apt-get install qemu-system-x86)"
+        ));
         return false;
     }
     if needs_dnsmasq && !have("dnsmasq") {
-        eprintln!("SKIP: this VM boot test needs dnsmasq (apt-get install dnsmasq-base)");
+        pxeforge_tests::skip(format_args!(
+            "this VM boot test needs dnsmasq (apt-get install dnsmasq-base)"
+        ));
         return false;
     }
     true

@@ -21,7 +21,7 @@ fn capture() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("SKIP: capture {} not found", path.display());
+        pxeforge_tests::skip(format_args!("capture {} not found", path.display()));
         None
     }
 }

@@ -12,7 +12,7 @@ struct Netns(String);
 impl Netns {
     fn create() -> Option<Netns> {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIP: path MTU test needs root (network namespace)");
+            pxeforge_tests::skip(format_args!("path MTU test needs root (network namespace)"));
             return None;
         }
         let name = format!("pxf-tftp-mtu-{}", std::process::id());

@@ -276,7 +276,7 @@ async fn garbage_ends_a_transfer_and_stray_packets_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_and_dual_stack_wildcard() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback");
+        pxeforge_tests::skip(format_args!("no IPv6 loopback"));
         return;
     }
     let t = tree();

@@ -244,7 +244,9 @@ async fn escapes_are_refused_with_an_error_and_a_log_line() {
         )
         .unwrap();
     } else {
-        eprintln!("SKIP (part): creating a device node in the root needs root");
+        pxeforge_tests::skip(format_args!(
+            "(part) creating a device node in the root needs root"
+        ));
     }
     let server = start("127.0.0.1:0", &t.root, |_| {}).await;
     let port = server.addr.port();

@@ -25,9 +25,9 @@ pub fn assets() -> Option<PathBuf> {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok || !dir.join("vmlinuz").is_file() || !dir.join("busybox").is_file() {
-        eprintln!(
-            "SKIP: scripts/fetch-test-assets.sh could not provide the test kernel and busybox"
-        );
+        pxeforge_tests::skip(format_args!(
+            "scripts/fetch-test-assets.sh could not provide the test kernel and busybox"
+        ));
         return None;
     }
     Some(dir)

@@ -140,6 +140,10 @@ pub struct InstallSettings {
     pub unknown_hosts: UnknownHostPolicy,
     /// Seconds a discovered machine waits before asking again.
     pub discover_retry_secs: u32,
+    /// Not in the template context as `install.releases`: templates get the host's own
+    /// release as `release`, `repo`, `kernel_url`, ...; leaving the table out keeps the
+    /// per-request context small.
+    #[serde(skip_serializing)]
     pub releases: BTreeMap<String, ReleaseSettings>,
     pub admin_user: String,
     pub ssh_keys: Vec<String>,

@@ -129,7 +129,9 @@ pub fn have(binary: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIP: `{binary}` is not installed (apt-get install tftp-hpa curl atftp)");
+        pxeforge_tests::skip(format_args!(
+            "`{binary}` is not installed (apt-get install tftp-hpa curl atftp)"
+        ));
     }
     found
 }
