@@ -452,33 +452,33 @@ fn write_output(
         .into_inner()
         .map_err(|e| BuildError::io(path)(e.into_error()))?;
     file.sync_all().map_err(BuildError::io(path))?;
-    let name = path
+    Ok(output_file(path, kind, size, sha256, uncompressed))
+}
+
+fn output_file(
+    path: &Path,
+    kind: Output,
+    size: u64,
+    sha256: String,
+    uncompressed_size: Option<u64>,
+) -> OutputFile {
+    let file = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(OutputFile {
+    OutputFile {
         name: kind.name().into(),
-        file: name,
+        file,
         size,
         sha256,
-        uncompressed_size: uncompressed,
-    })
+        uncompressed_size,
+    }
 }
 
 /// Describes a file a standard tool wrote (hashed once as it is described).
 fn tool_output(path: &Path, kind: Output) -> Result<OutputFile, BuildError> {
     let (size, sha256) = crate::hashing::hash_file(path).map_err(BuildError::io(path))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(OutputFile {
-        name: kind.name().into(),
-        file: name,
-        size,
-        sha256,
-        uncompressed_size: None,
-    })
+    Ok(output_file(path, kind, size, sha256, None))
 }
 
 #[cfg(test)]

@@ -98,11 +98,9 @@ pub(crate) fn run(
                 retransmit,
             } => {
                 for index in first..=last {
-                    let (offset, len) = transfer.block_range(index);
-                    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
-                    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
-                    reader.read_at(offset, &mut out[4..4 + len])?;
-                    send(socket, &out[..4 + len])?;
+                    let (n, len) =
+                        crate::session::data_packet(&mut reader, &transfer, index, &mut out)?;
+                    send(socket, &out[..n])?;
                     stats.bytes += len as u64;
                     metrics.add_bytes_sent(len as u64);
                 }

@@ -330,11 +330,8 @@ async fn run(
                 retransmit,
             } => {
                 for index in first..=last {
-                    let (offset, len) = transfer.block_range(index);
-                    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
-                    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
-                    reader.read_at(offset, &mut out[4..4 + len])?;
-                    send_data(socket, &out[..4 + len]).await?;
+                    let (n, len) = data_packet(&mut reader, &transfer, index, &mut out)?;
+                    send_data(socket, &out[..n]).await?;
                     stats.bytes += len as u64;
                     metrics.add_bytes_sent(len as u64);
                 }
@@ -395,4 +392,19 @@ pub(crate) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
         ));
     }
     Ok(canonical)
+}
+
+/// Builds DATA packet `index` of `transfer` in `out` (shared by the async and the blocking
+/// lockstep loops); returns the packet's length and its payload's.
+pub(crate) fn data_packet(
+    reader: &mut ReadAhead<'_>,
+    transfer: &Transfer,
+    index: u64,
+    out: &mut [u8],
+) -> std::io::Result<(usize, usize)> {
+    let (offset, len) = transfer.block_range(index);
+    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
+    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
+    reader.read_at(offset, &mut out[4..4 + len])?;
+    Ok((4 + len, len))
 }
