@@ -90,10 +90,6 @@ impl Templates {
         }
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.tera.get_template_names().any(|n| n == name)
-    }
-
     pub fn render(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
         self.tera
             .render(name, ctx)

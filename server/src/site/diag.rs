@@ -45,11 +45,6 @@ impl FileDiags {
         self.push(line, Severity::Error, message);
     }
 
-    pub fn warning_at(&mut self, offset: usize, message: impl Into<String>) {
-        let line = self.line_of(offset);
-        self.push(line, Severity::Warning, message);
-    }
-
     pub fn push(&mut self, line: usize, severity: Severity, message: impl Into<String>) {
         self.out.push(Diagnostic {
             file: self.file.clone(),
@@ -67,15 +62,6 @@ impl FileDiags {
     }
 }
 
-pub fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
 pub fn has_errors(diags: &[Diagnostic]) -> bool {
     diags.iter().any(|d| d.severity == Severity::Error)
 }
@@ -83,6 +69,16 @@ pub fn has_errors(diags: &[Diagnostic]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The obvious count, as the oracle for the index.
+    fn line_of(text: &str, offset: usize) -> usize {
+        let end = offset.min(text.len());
+        text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
 
     #[test]
     fn indexed_lines_agree_with_counting() {
