@@ -118,8 +118,9 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let site = Arc::new(ArcSwap::from_pointee(site));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_watch = shutdown_rx.clone();
     let shutdown = move || {
-        let mut rx = shutdown_rx.clone();
+        let mut rx = shutdown_watch.clone();
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }
@@ -180,15 +181,24 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         .with_context(|| format!("binding HTTP on {}", eff.http))?;
     let http_addr = listener.local_addr()?;
     println!("pxeforge: http listening on {http_addr}");
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let sd = shutdown();
+    let app = http::router(state);
+    let http_metrics = metrics.clone();
+    let http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(sd)
-            .await
-            .context("HTTP service")
+        http::conn::serve(
+            listener,
+            app,
+            http_metrics,
+            http::conn::Limits::default(),
+            http_shutdown,
+        )
+        .await
+        .context("HTTP service")
     });
 
+    // Before "ready": a SIGHUP sent as soon as a script sees that line must reload, not kill.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let url = eff
         .base_url
         .clone()
@@ -204,8 +214,6 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let reload_dir = site_dir.clone();
     let reload_metrics = metrics.clone();
     let reload_overrides = overrides.clone();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

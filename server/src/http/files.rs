@@ -1,19 +1,15 @@
 //! Static files (assets, the TFTP root over HTTP, built images): confined to their root,
-//! streamed in bounded chunks, with Range, HEAD, ETag and If-None-Match.
+//! with Range, HEAD, ETag and If-None-Match. The body is not read here: the response carries
+//! the open file as a `SendFile` extension and the connection sends it with sendfile(2).
 
 use super::range::{decide_range, etag, none_match, RangeDecision};
+use super::sendfile::SendFile;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Read size per chunk: large enough that a multi-GiB image costs few syscalls, small enough
-/// that hundreds of concurrent downloads stay within a few hundred MiB.
-const CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Confined {
@@ -60,13 +56,7 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-pub async fn serve(
-    root: &Path,
-    rel: &str,
-    method: &Method,
-    headers: &HeaderMap,
-    metrics: &Arc<crate::metrics::Metrics>,
-) -> Response {
+pub fn serve(root: &Path, rel: &str, method: &Method, headers: &HeaderMap) -> Response {
     let path = match confine(root, rel) {
         Confined::File(p) => p,
         Confined::NotFound => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
@@ -128,95 +118,17 @@ pub async fn serve(
             .body(Body::empty())
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
-    let stream = futures_util::stream::unfold(
-        (Arc::new(file), start, count, metrics.clone()),
-        |(file, offset, remaining, metrics)| async move {
-            if remaining == 0 {
-                return None;
-            }
-            let want = (remaining as usize).min(CHUNK);
-            match read_chunk(&file, offset, want).await {
-                Ok(chunk) if chunk.is_empty() => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "file shrank while being sent",
-                    )),
-                    (file, offset, 0, metrics),
-                )),
-                Ok(chunk) => {
-                    let n = chunk.len() as u64;
-                    metrics.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                    Some((Ok(chunk), (file, offset + n, remaining - n, metrics)))
-                }
-                Err(e) => Some((Err(e), (file, offset, 0, metrics))),
-            }
-        },
-    );
-    builder
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// Reads up to `want` bytes at `offset` into a fresh buffer that becomes the body chunk
-/// without another copy. Data already in the page cache is read right here (preadv2 with
-/// RWF_NOWAIT never blocks); only what must come from the disk goes to a blocking thread.
-async fn read_chunk(file: &Arc<std::fs::File>, offset: u64, want: usize) -> std::io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(want);
-    match pread(file, &mut buf, want, offset, true) {
-        Ok(_) => return Ok(buf.freeze()),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-        Err(e) => return Err(e),
+    let mut response = builder
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    if response.status() == status {
+        response.extensions_mut().insert(SendFile {
+            file: Arc::new(file),
+            start,
+            count,
+        });
     }
-    let file = file.clone();
-    tokio::task::spawn_blocking(move || {
-        pread(&file, &mut buf, want, offset, false).map(|_| buf.freeze())
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// pread(2) into the spare capacity of `buf` (no zero-filling of memory about to be
-/// overwritten); `nowait` fails with WouldBlock instead of waiting for the disk.
-fn pread(
-    file: &std::fs::File,
-    buf: &mut BytesMut,
-    want: usize,
-    offset: u64,
-    nowait: bool,
-) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    buf.reserve(want);
-    let spare = buf.spare_capacity_mut();
-    let want = want.min(spare.len());
-    let iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: want,
-    };
-    let offset =
-        libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("offset too large"))?;
-    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
-    loop {
-        // SAFETY: iov points into `buf`'s spare capacity, valid for `want` bytes, and the
-        // kernel writes at most iov_len bytes there; the fd stays open for the call.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
-        if n >= 0 {
-            let n = n as usize;
-            if nowait && n == 0 && want > 0 {
-                // RWF_NOWAIT may return 0 for "not cached" on some filesystems; let the
-                // blocking read tell EOF apart from that.
-                return Err(std::io::ErrorKind::WouldBlock.into());
-            }
-            // SAFETY: the kernel initialised the first n bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    response
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! The HTTP side of the boot service: one handler per endpoint, the site behind an `ArcSwap`
-//! so that a reload never blocks or drops a request in flight.
+//! so that a reload never blocks or drops a request in flight. `conn` owns the connections
+//! (framing, keep-alive, sendfile); the axum `Router` only routes.
 
+pub mod conn;
 pub mod events;
 pub mod files;
 pub mod range;
 pub mod scripts;
+pub mod sendfile;
+pub mod wire;
 
 use crate::events::EventStore;
 use crate::metrics::Metrics;
@@ -113,7 +117,7 @@ async fn assets(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    files::serve(&st.assets_dir, &path, &method, &headers, &st.metrics).await
+    files::serve(&st.assets_dir, &path, &method, &headers)
 }
 
 async fn tftp_files(
@@ -122,7 +126,7 @@ async fn tftp_files(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    files::serve(&st.tftp_root, &path, &method, &headers, &st.metrics).await
+    files::serve(&st.tftp_root, &path, &method, &headers)
 }
 
 async fn images(
@@ -145,7 +149,7 @@ async fn images(
     // and checks that it stays within the store.
     let root = st.state_dir.join("images");
     let rel = format!("{recipe}/{profile}/{id}/{file}");
-    files::serve(&root, &rel, &method, &headers, &st.metrics).await
+    files::serve(&root, &rel, &method, &headers)
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

@@ -1,0 +1,402 @@
+//! The HTTP/1.1 server: accepts connections, frames requests with `wire`, routes them through
+//! the axum `Router`, and writes responses itself, so that file bodies can leave by
+//! `sendfile` and a connection costs one small buffer.
+
+use super::sendfile::{self, SendFile};
+use super::wire::{self, ChunkedDecoder, Framing, Head, WireError};
+use crate::metrics::Metrics;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+/// Limits and timeouts of one connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle: Duration,
+    /// A request head and body must arrive within this, once started (slowloris).
+    pub request: Duration,
+    /// A client that reads nothing of a response for this long is dropped.
+    pub stall: Duration,
+    /// Request bodies larger than this are refused with 413 before they are read; the largest
+    /// body any endpoint takes is an install event of a few KiB.
+    pub max_body: u64,
+    /// Connections served at once; the accept loop waits for a free slot beyond it.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle: Duration::from_secs(75),
+            request: Duration::from_secs(30),
+            stall: Duration::from_secs(60),
+            max_body: 1 << 20,
+            max_connections: 16_384,
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true; connections in progress finish their current request.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut shutdown) => return Ok(()),
+            p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
+        };
+        let (stream, remote) = tokio::select! {
+            _ = stopped(&mut shutdown) => return Ok(()),
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            stream,
+            remote,
+            buf: BytesMut::with_capacity(4096),
+            router: router.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            conn.run().await;
+        });
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    remote: SocketAddr,
+    /// Bytes read and not yet consumed: the rest of a head, a body, or pipelined requests.
+    buf: BytesMut,
+    router: Router,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// What reading a request came to.
+enum Next {
+    Request(Head, Bytes),
+    /// The client closed, went idle, or the server is stopping: close quietly.
+    Close,
+    /// Refuse with this status and close.
+    Refuse(StatusCode, String),
+}
+
+impl Connection {
+    async fn run(mut self) {
+        loop {
+            let (head, body) = match self.next_request().await {
+                Next::Request(h, b) => (h, b),
+                Next::Close => return,
+                Next::Refuse(status, why) => {
+                    tracing::debug!(remote = %self.remote, %status, %why, "request refused");
+                    self.metrics.request("refused", status.as_u16());
+                    self.refuse(status, &why).await;
+                    return;
+                }
+            };
+            let close = !head.keep_alive || *self.shutdown.borrow();
+            match self.respond(head, body, close).await {
+                Ok(()) if !close => {}
+                Ok(()) => {
+                    let _ = self.stream.shutdown().await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(remote = %self.remote, error = %e, "connection ended");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn next_request(&mut self) -> Next {
+        let started = tokio::time::Instant::now();
+        let head = loop {
+            match wire::parse_head(&self.buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Next::Refuse(e.status(), e.to_string()),
+            }
+            // Between requests the idle timeout applies; once a request has begun, the
+            // request timeout runs from its first byte.
+            let deadline = if self.buf.is_empty() {
+                tokio::time::Instant::now() + self.limits.idle
+            } else {
+                started + self.limits.request
+            };
+            let mut shutdown = self.shutdown.clone();
+            let idle = self.buf.is_empty();
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => r,
+                _ = shutdown.wait_for(|v| *v), if idle => return Next::Close,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+                Ok(Ok(_)) => {}
+                Err(_) if idle => return Next::Close,
+                Err(_) => {
+                    return Next::Refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request not received in time".into(),
+                    )
+                }
+            }
+        };
+        let _ = self.buf.split_to(head.len);
+        let deadline = started + self.limits.request;
+        let body = match head.framing {
+            Framing::None => Bytes::new(),
+            Framing::Length(n) if n > self.limits.max_body => {
+                let e = WireError::BodyTooLarge(self.limits.max_body);
+                return Next::Refuse(e.status(), e.to_string());
+            }
+            Framing::Length(n) => {
+                let n = n as usize;
+                if head.expect_continue && self.buf.len() < n && self.continue_100().await.is_err()
+                {
+                    return Next::Close;
+                }
+                while self.buf.len() < n {
+                    self.buf.reserve(n - self.buf.len());
+                    match self.read_until(deadline).await {
+                        Some(Ok(())) => {}
+                        Some(Err(())) => return Next::Close,
+                        None => {
+                            return Next::Refuse(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request body not received in time".into(),
+                            )
+                        }
+                    }
+                }
+                self.buf.split_to(n).freeze()
+            }
+            Framing::Chunked => {
+                if head.expect_continue && self.buf.is_empty() && self.continue_100().await.is_err()
+                {
+                    return Next::Close;
+                }
+                let mut decoder = ChunkedDecoder::new(self.limits.max_body);
+                let mut out = Vec::new();
+                loop {
+                    match decoder.decode(&self.buf, &mut out) {
+                        Ok(n) => {
+                            let _ = self.buf.split_to(n);
+                        }
+                        Err(e) => return Next::Refuse(e.status(), e.to_string()),
+                    }
+                    if decoder.is_done() {
+                        break;
+                    }
+                    match self.read_until(deadline).await {
+                        Some(Ok(())) => {}
+                        Some(Err(())) => return Next::Close,
+                        None => {
+                            return Next::Refuse(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request body not received in time".into(),
+                            )
+                        }
+                    }
+                }
+                Bytes::from(out)
+            }
+        };
+        Next::Request(head, body)
+    }
+
+    /// One read into the buffer. `None`: the deadline passed; `Some(Err)`: closed or failed.
+    async fn read_until(&mut self, deadline: tokio::time::Instant) -> Option<Result<(), ()>> {
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => None,
+            Ok(Ok(0)) | Ok(Err(_)) => Some(Err(())),
+            Ok(Ok(_)) => Some(Ok(())),
+        }
+    }
+
+    async fn continue_100(&mut self) -> io::Result<()> {
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await
+    }
+
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        tokio::time::timeout(self.limits.stall, self.stream.write_all(data))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
+    }
+
+    async fn respond(&mut self, head: Head, body: Bytes, close: bool) -> io::Result<()> {
+        let request = match build_request(head, body, self.remote) {
+            Ok(r) => r,
+            Err(why) => {
+                self.refuse(StatusCode::BAD_REQUEST, why).await;
+                return Err(io::Error::other(why));
+            }
+        };
+        let method = request.method().clone();
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (mut parts, body) = response.into_parts();
+        let date = http_date();
+        let mut out = Vec::with_capacity(512);
+        if let Some(file) = parts.extensions.remove::<SendFile>() {
+            wire::response_head(
+                &mut out,
+                parts.status,
+                &parts.headers,
+                Some(file.count),
+                close,
+                &date,
+            );
+            return sendfile::send(
+                &mut self.stream,
+                &out,
+                &file,
+                &self.metrics,
+                self.limits.stall,
+            )
+            .await;
+        }
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                tracing::error!(error = %e, "response body failed");
+                self.refuse(StatusCode::INTERNAL_SERVER_ERROR, "response failed")
+                    .await;
+                return Err(io::Error::other("response body failed"));
+            }
+        };
+        let length = if wire::has_body(&method, parts.status) {
+            Some(bytes.len() as u64)
+        } else if method == http::Method::HEAD {
+            // HEAD reports the length a GET would have had (axum kept it in the headers).
+            parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        } else {
+            None
+        };
+        wire::response_head(&mut out, parts.status, &parts.headers, length, close, &date);
+        if wire::has_body(&method, parts.status) {
+            out.extend_from_slice(&bytes);
+        }
+        self.write(&out).await
+    }
+
+    /// Sends an error response and closes. The write side is shut first and what the client
+    /// still sends is read and dropped for a moment: closing with unread data would make the
+    /// kernel send a reset, and the client would see that instead of our answer.
+    async fn refuse(&mut self, status: StatusCode, why: &str) {
+        let mut out = Vec::with_capacity(256);
+        let text = format!("{why}\n");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        wire::response_head(
+            &mut out,
+            status,
+            &headers,
+            Some(text.len() as u64),
+            true,
+            &http_date(),
+        );
+        out.extend_from_slice(text.as_bytes());
+        if self.write(&out).await.is_err() {
+            return;
+        }
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while drained < 1 << 20 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+fn build_request(
+    head: Head,
+    body: Bytes,
+    remote: SocketAddr,
+) -> Result<Request<axum::body::Body>, &'static str> {
+    let uri: http::Uri = head
+        .target
+        .parse()
+        .map_err(|_| "malformed request target")?;
+    let mut req = Request::builder()
+        .method(head.method)
+        .uri(uri)
+        .version(if head.minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        })
+        .body(axum::body::Body::from(body))
+        .map_err(|_| "malformed request")?;
+    *req.headers_mut() = head.headers;
+    req.extensions_mut().insert(ConnectInfo(remote));
+    Ok(req)
+}
+
+/// Resolves once the server is stopping (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// The `Date` header, formatted once per second per thread instead of once per response.
+fn http_date() -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
+}
