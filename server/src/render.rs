@@ -6,7 +6,9 @@
 use crate::mac::Mac;
 use crate::site::{BootMethod, Diagnostic, Host, Profile, Severity, Site};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tera::{Context, Tera};
 
 /// Script names under `templates/` chosen by boot method.
@@ -19,6 +21,92 @@ pub const DISCOVER: &str = "ipxe/discover.ipxe";
 #[derive(Debug)]
 pub struct Templates {
     tera: Tera,
+    /// Lives here, owned by the `Site`, so that a reload (a new `Site`) starts with an empty
+    /// cache and no entry can outlive the profiles and settings it was built from.
+    profile_contexts: ProfileContexts,
+}
+
+/// Base URLs can come from a client's Host header, so the number of distinct keys is not ours to
+/// choose. A site has a handful of profiles × base URLs × 2 platforms; this is far above that.
+const PROFILE_CONTEXTS_MAX: usize = 1024;
+
+/// (profile name, base URL, platform): everything the shared part of a host's context depends on,
+/// given the `Site` the cache belongs to.
+type ProfileKey = (String, String, String);
+
+/// The part of the host context that is the same for every host of a profile: serialising the
+/// profile and the install settings dominated the cost of rendering a script.
+#[derive(Default)]
+struct ProfileContexts {
+    // `Arc` so that a hit holds the lock only for a refcount bump, not a deep clone.
+    map: Mutex<HashMap<ProfileKey, Arc<Context>>>,
+}
+
+impl std::fmt::Debug for ProfileContexts {
+    // The contexts themselves would swamp any `Debug` of the site.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.map.lock().map(|m| m.len()).ok();
+        f.debug_struct("ProfileContexts")
+            .field("len", &len)
+            .finish()
+    }
+}
+
+impl ProfileContexts {
+    fn get_or_build(
+        &self,
+        site: &Site,
+        base_url: &str,
+        profile: &Profile,
+        platform: &str,
+    ) -> Context {
+        // The key names the profile, so it must be this site's profile of that name; anything
+        // else (a caller's modified copy) would be served another profile's context.
+        let ours = site
+            .profiles
+            .get(&profile.name)
+            .is_some_and(|p| std::ptr::eq(p, profile));
+        if !ours {
+            return profile_context(site, base_url, profile, platform);
+        }
+        let key = (
+            profile.name.clone(),
+            base_url.to_string(),
+            platform.to_string(),
+        );
+        // A poisoned lock only costs the cache, never the request.
+        let hit = match self.map.lock() {
+            Ok(m) => m.get(&key).cloned(),
+            Err(_) => return profile_context(site, base_url, profile, platform),
+        };
+        if let Some(ctx) = hit {
+            return Context::clone(&ctx);
+        }
+        let ctx = profile_context(site, base_url, profile, platform);
+        let shared = Arc::new(ctx.clone());
+        let evicted = match self.map.lock() {
+            Ok(mut m) => {
+                // Clearing rather than refusing inserts: a flood of made-up Host headers must not
+                // leave the site's real base URLs uncached until the next reload.
+                let evicted = if m.len() >= PROFILE_CONTEXTS_MAX && !m.contains_key(&key) {
+                    std::mem::take(&mut *m)
+                } else {
+                    HashMap::new()
+                };
+                m.insert(key, shared);
+                evicted
+            }
+            Err(_) => HashMap::new(),
+        };
+        // Dropped outside the lock: freeing a thousand contexts should not stall other renders.
+        drop(evicted);
+        ctx
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +172,10 @@ impl Templates {
             }
         }
         if diags.is_empty() {
-            Ok(Templates { tera })
+            Ok(Templates {
+                tera,
+                profile_contexts: ProfileContexts::default(),
+            })
         } else {
             Err(diags)
         }
@@ -209,19 +300,50 @@ pub fn host_context(
     mac: Mac,
     platform: Option<&str>,
 ) -> Context {
-    let mut ctx = Context::new();
-    let platform = platform.unwrap_or(match profile.firmware {
+    let platform = platform.unwrap_or_else(|| default_platform(profile));
+    let shared = site
+        .templates
+        .profile_contexts
+        .get_or_build(site, base_url, profile, platform);
+    with_request_parts(shared, site, base_url, host, profile, mac)
+}
+
+fn default_platform(profile: &Profile) -> &'static str {
+    match profile.firmware {
         crate::site::profile::Firmware::Bios => "pcbios",
         _ => "efi",
-    });
-    ctx.insert("base_url", base_url);
+    }
+}
+
+/// Adds what differs between hosts of one profile, or between requests.
+fn with_request_parts(
+    mut ctx: Context,
+    site: &Site,
+    base_url: &str,
+    host: &Host,
+    profile: &Profile,
+    mac: Mac,
+) -> Context {
     ctx.insert("host", host);
-    ctx.insert("profile", profile);
     ctx.insert("mac", &mac.to_string());
     ctx.insert("mac_url", &mac.hyphenated());
+    ctx.insert("ks_url", &format!("{base_url}/ks/{}", mac.hyphenated()));
+    // Never cached: a publish moves the store's `current` link without reloading the site.
+    ctx.insert(
+        "image",
+        &crate::images::image_context(site, base_url, profile),
+    );
+    ctx
+}
+
+/// The part of the host context that depends only on the profile, the base URL and the platform
+/// (for a given site), and so can be shared by all of a profile's hosts.
+fn profile_context(site: &Site, base_url: &str, profile: &Profile, platform: &str) -> Context {
+    let mut ctx = Context::new();
+    ctx.insert("base_url", base_url);
+    ctx.insert("profile", profile);
     ctx.insert("platform", platform);
     ctx.insert("install", &site.settings.install);
-    ctx.insert("ks_url", &format!("{base_url}/ks/{}", mac.hyphenated()));
     ctx.insert("events_url", &format!("{base_url}/events"));
     let release = profile.release.map(|r| r.to_string());
     let rel = release
@@ -256,10 +378,6 @@ pub fn host_context(
     }
     args.extend(profile.kernel_args.iter().cloned());
     ctx.insert("kernel_args", &args.join(" "));
-    ctx.insert(
-        "image",
-        &crate::images::image_context(site, base_url, profile),
-    );
     ctx
 }
 
@@ -491,5 +609,194 @@ mod tests {
     fn tera_line_is_found() {
         assert_eq!(line_in_tera_message("Failed to parse\n --> 3:10\n"), 3);
         assert_eq!(line_in_tera_message("nothing"), 0);
+    }
+
+    /// The repository root is the example site.
+    fn example_site() -> Site {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        match Site::load(&root) {
+            Ok(s) => s,
+            Err(e) => panic!("example site does not load: {:#?}", e.0),
+        }
+    }
+
+    fn uncached_context(
+        site: &Site,
+        base_url: &str,
+        host: &Host,
+        profile: &Profile,
+        mac: Mac,
+        platform: Option<&str>,
+    ) -> Context {
+        let platform = platform.unwrap_or_else(|| default_platform(profile));
+        let shared = profile_context(site, base_url, profile, platform);
+        with_request_parts(shared, site, base_url, host, profile, mac)
+    }
+
+    /// The iPXE script and, where there is one, the kickstart a context renders to.
+    fn render_all(site: &Site, host: &Host, profile: &Profile, ctx: &Context) -> Vec<String> {
+        let known = site.host_by_name(&host.name).is_some();
+        let mut out = vec![site
+            .templates
+            .render(ipxe_template_for(known.then_some(host), profile), ctx)
+            .expect("iPXE script renders")];
+        if has_kickstart(profile) {
+            out.push(
+                site.templates
+                    .render(&format!("ks/{}", profile.kickstart), ctx)
+                    .expect("kickstart renders"),
+            );
+        }
+        out
+    }
+
+    /// Every host of the example site and every profile's match-rule stand-in.
+    fn all_hosts(site: &Site) -> Vec<(Host, &Profile, Mac)> {
+        let mut out: Vec<(Host, &Profile, Mac)> = site
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let p = site.profiles.get(&h.profile)?;
+                Some((h.clone(), p, h.macs.first().copied().unwrap_or(Mac([0; 6]))))
+            })
+            .collect();
+        for p in site.profiles.values() {
+            let mac = Mac([0x02, 0, 0, 0, 0, 2]);
+            out.push((matched_host(p, mac), p, mac));
+        }
+        out
+    }
+
+    #[test]
+    fn cache_miss_hit_and_uncached_render_the_same() {
+        let site = example_site();
+        let hosts = all_hosts(&site);
+        assert!(
+            hosts.len() > site.profiles.len(),
+            "the example site has hosts"
+        );
+        // A base URL nobody has rendered with yet, so the first round misses.
+        for base in ["http://cache-test.example:8080", &offline_base_url(&site)] {
+            for (host, profile, mac) in &hosts {
+                for platform in [None, Some("pcbios"), Some("efi")] {
+                    let reference = uncached_context(&site, base, host, profile, *mac, platform);
+                    let miss = host_context(&site, base, host, profile, *mac, platform);
+                    let hit = host_context(&site, base, host, profile, *mac, platform);
+                    assert_eq!(miss, reference, "{} {platform:?}: miss", host.name);
+                    assert_eq!(hit, reference, "{} {platform:?}: hit", host.name);
+                    let want = render_all(&site, host, profile, &reference);
+                    assert_eq!(render_all(&site, host, profile, &miss), want);
+                    assert_eq!(render_all(&site, host, profile, &hit), want);
+                }
+            }
+        }
+        // Two base URLs × two platforms per profile; `None` resolves to one of them.
+        assert_eq!(
+            site.templates.profile_contexts.len(),
+            2 * 2 * site.profiles.len()
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded_under_many_base_urls() {
+        let site = example_site();
+        let (host, profile, mac) = all_hosts(&site).swap_remove(0);
+        for i in 0..(2 * PROFILE_CONTEXTS_MAX + 7) {
+            let base = format!("http://client-{i}.example:8080");
+            host_context(&site, &base, &host, profile, mac, None);
+            assert!(site.templates.profile_contexts.len() <= PROFILE_CONTEXTS_MAX);
+        }
+        // After the flood a real base URL is still cached and still right.
+        let base = offline_base_url(&site);
+        let before = site.templates.profile_contexts.len();
+        let ctx = host_context(&site, &base, &host, profile, mac, None);
+        assert_eq!(
+            ctx,
+            uncached_context(&site, &base, &host, profile, mac, None)
+        );
+        let after = site.templates.profile_contexts.len();
+        assert!(after == before + 1 || after == 1, "{before} -> {after}");
+    }
+
+    #[test]
+    fn image_view_follows_a_publish_on_a_cache_hit() {
+        let mut site = example_site();
+        let state = tempfile::tempdir().expect("tempdir");
+        site.state_dir = state.path().to_path_buf();
+        let profile = site
+            .profiles
+            .get_mut("qemu-bios")
+            .expect("qemu-bios profile");
+        profile.boot = BootMethod::Diskless;
+        profile.image = Some("rescue".into());
+        let site = site;
+        let host = site.host_by_name("vm-bios-01").expect("vm-bios-01");
+        let profile = &site.profiles["qemu-bios"];
+        let mac = host.macs[0];
+        let dir = state.path().join("images/rescue/qemu-bios");
+        let publish = |id: &str| {
+            let build = dir.join(id);
+            std::fs::create_dir_all(&build).expect("build dir");
+            let sums = format!(
+                "{}  vmlinuz\n{}  initramfs.img\n",
+                "a".repeat(64),
+                "b".repeat(64)
+            );
+            std::fs::write(build.join("SHA256SUMS"), sums).expect("sums");
+            let tmp = dir.join("current.tmp");
+            std::os::unix::fs::symlink(id, &tmp).expect("symlink");
+            std::fs::rename(&tmp, dir.join("current")).expect("rename");
+        };
+        // Loading cached the unmodified profile under the offline base URL; a fresh one keeps
+        // this test's edit from meeting those entries.
+        let base = "http://publish-test.example";
+        let script = || {
+            let ctx = host_context(&site, base, host, profile, mac, None);
+            site.templates
+                .render(ipxe_template_for(Some(host), profile), &ctx)
+                .expect("diskless script renders")
+        };
+        publish("build-1");
+        let first = script();
+        assert!(first.contains("build build-1"), "{first}");
+        let cached = site.templates.profile_contexts.len();
+        publish("build-2");
+        let second = script();
+        assert_eq!(site.templates.profile_contexts.len(), cached, "a cache hit");
+        assert!(second.contains("build build-2"), "{second}");
+        assert_eq!(second, first.replace("build-1", "build-2"));
+    }
+
+    #[test]
+    fn a_copy_of_a_profile_is_not_served_the_cached_context() {
+        let site = example_site();
+        let (host, profile, mac) = all_hosts(&site).swap_remove(0);
+        let base = offline_base_url(&site);
+        host_context(&site, &base, &host, profile, mac, None);
+        let mut changed = profile.clone();
+        changed.kernel_args = vec!["pxeforge.cache_test=1".into()];
+        let ctx = host_context(&site, &base, &host, &changed, mac, None);
+        assert_eq!(
+            ctx,
+            uncached_context(&site, &base, &host, &changed, mac, None)
+        );
+    }
+
+    #[test]
+    fn a_poisoned_cache_falls_back_to_building_the_context() {
+        let site = example_site();
+        let (host, profile, mac) = all_hosts(&site).swap_remove(0);
+        let cache = &site.templates.profile_contexts.map;
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = cache.lock();
+            panic!("poisoning the profile context cache on purpose");
+        }));
+        assert!(poisoned.is_err() && cache.is_poisoned());
+        let base = "http://poisoned.example";
+        let want = uncached_context(&site, base, &host, profile, mac, Some("efi"));
+        for _ in 0..2 {
+            let ctx = host_context(&site, base, &host, profile, mac, Some("efi"));
+            assert_eq!(ctx, want);
+        }
     }
 }
