@@ -92,7 +92,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run(site, overrides))?;
+            let served = rt.block_on(serve::run(site, overrides));
+            // `serve` already gave connections in flight their grace period; the HTTP worker
+            // threads it leaves behind end with the process.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { site } => Ok(if check::check(&site) == 0 {

@@ -176,21 +176,22 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         base_url_override: eff.base_url.clone(),
         extra_metrics: Arc::new(extra_metrics),
     };
-    let listener = tokio::net::TcpListener::bind(eff.http)
-        .await
-        .with_context(|| format!("binding HTTP on {}", eff.http))?;
+    let listener =
+        http::conn::bind(eff.http).with_context(|| format!("binding HTTP on {}", eff.http))?;
     let http_addr = listener.local_addr()?;
     println!("pxeforge: http listening on {http_addr}");
     let app = http::router(state);
     let http_metrics = metrics.clone();
     let http_shutdown = shutdown_rx.clone();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     tasks.spawn(async move {
-        http::conn::serve(
+        http::conn::serve_on_threads(
             listener,
             app,
             http_metrics,
             http::conn::Limits::default(),
             http_shutdown,
+            workers,
         )
         .await
         .context("HTTP service")

@@ -47,6 +47,78 @@ impl Default for Limits {
     }
 }
 
+/// Binds the HTTP listener. The backlog is deep because a rack coming back from a power cut
+/// connects all at once, and a connection the kernel drops costs a host a TCP retransmission
+/// timeout (1 s, then more) before it tries again.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+/// Serves `listener` on `workers` threads, each with its own single-threaded runtime accepting
+/// from the same socket (nginx's worker model): a request is parsed, rendered and answered on
+/// one thread without a hand-off, and a busy machine cannot park a connection's task behind
+/// another worker's queue. Resolves when every worker has stopped; the first error wins.
+pub async fn serve_on_threads(
+    listener: std::net::TcpListener,
+    router: Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    workers: usize,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let workers = workers.max(1);
+    let per_worker = Limits {
+        max_connections: (limits.max_connections / workers).max(1),
+        ..limits
+    };
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = listener.try_clone()?;
+        let (router, metrics, limits, shutdown) = (
+            router.clone(),
+            metrics.clone(),
+            per_worker.clone(),
+            shutdown.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || -> io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(16)
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve(listener, router, metrics, limits, shutdown).await
+                })
+            })?;
+        threads.push(thread);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut first = Ok(());
+        for t in threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("HTTP worker panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// Runs until `shutdown` turns true; connections in progress finish their current request.
 pub async fn serve(
     listener: TcpListener,
@@ -56,14 +128,24 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let limits = Arc::new(limits);
+    // On shutdown: stop accepting, then wait until every connection has closed (idle ones close
+    // at once, a download in flight finishes); the caller bounds how long that may take.
+    let drained = || async {
+        let _ = slots.acquire_many(all).await;
+        Ok(())
+    };
     loop {
         let permit = tokio::select! {
-            _ = stopped(&mut shutdown) => return Ok(()),
+            _ = stopped(&mut shutdown) => return drained().await,
             p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
         };
         let (stream, remote) = tokio::select! {
-            _ = stopped(&mut shutdown) => return Ok(()),
+            _ = stopped(&mut shutdown) => {
+                drop(permit);
+                return drained().await;
+            }
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -140,7 +222,8 @@ impl Connection {
     }
 
     async fn next_request(&mut self) -> Next {
-        let started = tokio::time::Instant::now();
+        // The request clock starts with the request's first byte, not with the idle wait.
+        let mut started = (!self.buf.is_empty()).then(tokio::time::Instant::now);
         let head = loop {
             match wire::parse_head(&self.buf) {
                 Ok(Some(h)) => break h,
@@ -149,20 +232,21 @@ impl Connection {
             }
             // Between requests the idle timeout applies; once a request has begun, the
             // request timeout runs from its first byte.
-            let deadline = if self.buf.is_empty() {
-                tokio::time::Instant::now() + self.limits.idle
-            } else {
-                started + self.limits.request
+            let deadline = match started {
+                None => tokio::time::Instant::now() + self.limits.idle,
+                Some(t) => t + self.limits.request,
             };
             let mut shutdown = self.shutdown.clone();
             let idle = self.buf.is_empty();
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => r,
-                _ = shutdown.wait_for(|v| *v), if idle => return Next::Close,
+                _ = stopped(&mut shutdown), if idle => return Next::Close,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    started.get_or_insert_with(tokio::time::Instant::now);
+                }
                 Err(_) if idle => return Next::Close,
                 Err(_) => {
                     return Next::Refuse(
@@ -173,7 +257,7 @@ impl Connection {
             }
         };
         let _ = self.buf.split_to(head.len);
-        let deadline = started + self.limits.request;
+        let deadline = started.unwrap_or_else(tokio::time::Instant::now) + self.limits.request;
         let body = match head.framing {
             Framing::None => Bytes::new(),
             Framing::Length(n) if n > self.limits.max_body => {
