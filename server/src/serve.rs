@@ -166,7 +166,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         tasks.spawn(async move { server.run(sd).await.context("DHCP service") });
     }
 
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         site: site.clone(),
         events,
         metrics: metrics.clone(),
@@ -175,7 +175,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         state_dir: eff.state.clone(),
         base_url_override: eff.base_url.clone(),
         extra_metrics: Arc::new(extra_metrics),
-    };
+    });
     let listener =
         http::conn::bind(eff.http).with_context(|| format!("binding HTTP on {}", eff.http))?;
     let http_addr = listener.local_addr()?;

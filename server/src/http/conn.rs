@@ -272,15 +272,8 @@ impl Connection {
                 }
                 while self.buf.len() < n {
                     self.buf.reserve(n - self.buf.len());
-                    match self.read_until(deadline).await {
-                        Some(Ok(())) => {}
-                        Some(Err(())) => return Next::Close,
-                        None => {
-                            return Next::Refuse(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "request body not received in time".into(),
-                            )
-                        }
+                    if let Err(instead) = self.read_body(deadline).await {
+                        return instead;
                     }
                 }
                 self.buf.split_to(n).freeze()
@@ -302,15 +295,8 @@ impl Connection {
                     if decoder.is_done() {
                         break;
                     }
-                    match self.read_until(deadline).await {
-                        Some(Ok(())) => {}
-                        Some(Err(())) => return Next::Close,
-                        None => {
-                            return Next::Refuse(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "request body not received in time".into(),
-                            )
-                        }
+                    if let Err(instead) = self.read_body(deadline).await {
+                        return instead;
                     }
                 }
                 Bytes::from(out)
@@ -319,12 +305,15 @@ impl Connection {
         Next::Request(head, body)
     }
 
-    /// One read into the buffer. `None`: the deadline passed; `Some(Err)`: closed or failed.
-    async fn read_until(&mut self, deadline: tokio::time::Instant) -> Option<Result<(), ()>> {
+    /// One more read of a request body; `Err` says what to do instead (close, or 408).
+    async fn read_body(&mut self, deadline: tokio::time::Instant) -> Result<(), Next> {
         match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-            Err(_) => None,
-            Ok(Ok(0)) | Ok(Err(_)) => Some(Err(())),
-            Ok(Ok(_)) => Some(Ok(())),
+            Err(_) => Err(Next::Refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time".into(),
+            )),
+            Ok(Ok(0)) | Ok(Err(_)) => Err(Next::Close),
+            Ok(Ok(_)) => Ok(()),
         }
     }
 

@@ -26,8 +26,24 @@ use std::sync::Arc;
 /// Something else that has metrics to show at `/metrics` (TFTP, DHCP).
 pub type MetricsWriter = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// What every handler sees. axum clones the state for each request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub site: Arc<ArcSwap<Site>>,
     pub events: Arc<EventStore>,
     pub metrics: Arc<Metrics>,

@@ -277,7 +277,7 @@ impl ChunkedDecoder {
                     };
                     continue;
                 }
-                Chunk::Size { size, digits } => match hex(b) {
+                Chunk::Size { size, digits } => match char::from(b).to_digit(16) {
                     Some(d) => {
                         if digits >= 16 {
                             return bad("chunk size too long");
@@ -369,15 +369,6 @@ impl ChunkedDecoder {
         } else {
             Ok(())
         }
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
