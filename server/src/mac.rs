@@ -74,7 +74,11 @@ impl fmt::Debug for Mac {
 impl Mac {
     /// `52-54-00-ab-cd-ef`: the spelling used in URLs (no characters that need escaping).
     pub fn hyphenated(&self) -> String {
-        self.to_string().replace(':', "-")
+        let m = self.0;
+        format!(
+            "{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 

@@ -35,6 +35,47 @@ pub async fn send(
 ) -> io::Result<()> {
     // MSG_MORE holds the head back so that it leaves in the same segment as the first data.
     let flags = if body.count > 0 { libc::MSG_MORE } else { 0 };
+    // A large body is sent corked (nginx's tcp_nopush): with TCP_NODELAY on, every partial
+    // sendfile would otherwise push a short segment as soon as the client frees some buffer.
+    let cork = body.count >= CORK_FROM && set_cork(stream, true).is_ok();
+    let sent = send_body(stream, head, flags, body, metrics, stall).await;
+    if cork {
+        // Uncorking pushes out the tail at once.
+        let _ = set_cork(stream, false);
+    }
+    sent
+}
+
+/// Bodies from this size on are sent corked; smaller ones leave in one or two segments anyway.
+const CORK_FROM: u64 = 256 * 1024;
+
+fn set_cork(stream: &TcpStream, on: bool) -> io::Result<()> {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+async fn send_body(
+    stream: &mut TcpStream,
+    head: &[u8],
+    flags: i32,
+    body: &SendFile,
+    metrics: &Metrics,
+    stall: Duration,
+) -> io::Result<()> {
     send_all_flags(stream, head, flags, stall).await?;
     let mut offset = i64::try_from(body.start).map_err(|_| io::Error::other("offset too large"))?;
     let mut left = body.count;
