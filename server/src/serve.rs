@@ -42,6 +42,9 @@ pub struct Overrides {
     /// Disable TFTP
     #[arg(long)]
     pub no_tftp: bool,
+    /// HTTP worker threads (default: one per CPU)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub http_workers: Option<u16>,
 }
 
 /// The settings in force: the site's, with the overrides applied and paths made absolute.
@@ -183,7 +186,10 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let app = http::router(state);
     let http_metrics = metrics.clone();
     let http_shutdown = shutdown_rx.clone();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = overrides.http_workers.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    );
     tasks.spawn(async move {
         http::conn::serve_on_threads(
             listener,
