@@ -322,3 +322,36 @@ fn clients_that_walk_away_mid_download_cost_nothing_lasting() {
     assert!(text.contains("pxeforge_http_bytes_sent"), "{text}");
     drop(stalled);
 }
+
+#[test]
+fn sigterm_lets_a_download_in_flight_finish_then_exits() {
+    let mut site = site();
+    let mut c = Conn::open(&site);
+    c.send(b"GET /assets/big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The response has started (head and some body are here) before the server is told to stop.
+    assert!(c.fill());
+    let idle = Conn::open(&site);
+    site.server.signal(nix::sys::signal::Signal::SIGTERM);
+    // Not reading for a while keeps the rest of the body in flight, the socket buffers full.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.body == site.big, "the download in flight was cut short");
+    assert_eq!(r.header("connection"), None);
+    // It stops within its 10 s grace period, and an idle keep-alive connection is no reason
+    // to wait: that one is closed at once.
+    let mut idle = idle;
+    assert!(idle.closed(), "idle connection left open after SIGTERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = site.server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
