@@ -5,10 +5,10 @@ use super::{base_url, AppState};
 use crate::mac::Mac;
 use crate::render::{self, clean_fact, Facts, ScriptChoice};
 use crate::select::select;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -30,30 +30,62 @@ pub async fn bootstrap(State(st): State<AppState>, headers: HeaderMap) -> Respon
     }
 }
 
-/// Query values arrive URI-decoded; anything that fails validation is dropped, never echoed.
-pub fn facts_from_query(q: &HashMap<String, String>) -> Result<Facts, String> {
-    let mac = match q.get("mac").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+/// The facts iPXE reports, from the raw query string (form encoding: `+` is a space, `%XX` a
+/// byte). Only the known keys are decoded, the last of a repeated key wins, and anything that
+/// fails validation is dropped, never echoed; a malformed MAC is an error.
+pub fn facts_from_query(raw: &str) -> Result<Facts, String> {
+    const KEYS: [&str; 7] = [
+        "mac",
+        "uuid",
+        "serial",
+        "manufacturer",
+        "product",
+        "arch",
+        "platform",
+    ];
+    let mut vals: [Option<Cow<str>>; 7] = Default::default();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if let Some(i) = KEYS.iter().position(|key| *key == form_decode(k)) {
+            vals[i] = Some(form_decode(v));
+        }
+    }
+    let [mac, uuid, serial, manufacturer, product, arch, platform] = vals;
+    let mac = match mac.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(m) => Some(m.parse::<Mac>().map_err(|e| e.to_string())?),
         None => None,
     };
-    let get = |k: &str| q.get(k).and_then(|v| clean_fact(v));
+    let get = |v: Option<Cow<str>>| v.and_then(|v| clean_fact(&v));
     Ok(Facts {
         mac,
-        uuid: get("uuid").map(|u| u.to_lowercase()),
-        serial: get("serial"),
-        manufacturer: get("manufacturer"),
-        product: get("product"),
-        arch: get("arch"),
-        platform: get("platform").filter(|p| matches!(p.as_str(), "pcbios" | "efi")),
+        uuid: get(uuid).map(|u| u.to_lowercase()),
+        serial: get(serial),
+        manufacturer: get(manufacturer),
+        product: get(product),
+        arch: get(arch),
+        platform: get(platform).filter(|p| matches!(p.as_str(), "pcbios" | "efi")),
     })
+}
+
+/// Decodes one form-encoded key or value; invalid UTF-8 becomes U+FFFD, which no fact allows.
+fn form_decode(v: &str) -> Cow<'_, str> {
+    if !v.contains(['%', '+']) {
+        return Cow::Borrowed(v);
+    }
+    let spaced = v.replace('+', " ");
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 pub async fn host_script(
     State(st): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let facts = match facts_from_query(&q) {
+    let facts = match facts_from_query(q.as_deref().unwrap_or("")) {
         Ok(f) => f,
         Err(e) => {
             st.metrics.script("error");
@@ -232,16 +264,41 @@ mod tests {
 
     #[test]
     fn query_facts() {
-        let mut q = HashMap::new();
-        q.insert("mac".to_string(), "52-54-00-AA-BB-CC".to_string());
-        q.insert("manufacturer".to_string(), "QEMU".to_string());
-        q.insert("product".to_string(), "x\nkernel evil".to_string());
-        q.insert("platform".to_string(), "efi".to_string());
-        let f = facts_from_query(&q).unwrap();
+        let f = facts_from_query(
+            "mac=52-54-00-AA-BB-CC&manufacturer=QEMU&product=x%0Akernel+evil&platform=efi&x=1",
+        )
+        .unwrap();
         assert_eq!(f.mac.unwrap().to_string(), "52:54:00:aa:bb:cc");
         assert_eq!(f.manufacturer.as_deref(), Some("QEMU"));
         assert_eq!(f.product, None);
-        q.insert("mac".to_string(), "zz".to_string());
-        assert!(facts_from_query(&q).is_err());
+        assert_eq!(f.platform.as_deref(), Some("efi"));
+        let f = facts_from_query("manufacturer=Dell+Inc.&product=PowerEdge%20R650&mac=").unwrap();
+        assert_eq!(f.manufacturer.as_deref(), Some("Dell Inc."));
+        assert_eq!(f.product.as_deref(), Some("PowerEdge R650"));
+        assert_eq!(f.mac, None);
+        // The last of a repeated key wins; a key may be encoded too.
+        let f = facts_from_query("serial=a&%73erial=b").unwrap();
+        assert_eq!(f.serial.as_deref(), Some("b"));
+        assert!(facts_from_query("mac=zz").is_err());
+        assert!(facts_from_query("platform=bios&&=&mac").is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_parses_or_refuses_without_panicking(q in "\\PC{0,200}") {
+            let _ = facts_from_query(&q);
+        }
+
+        #[test]
+        fn encoded_facts_come_back(
+            manufacturer in "[A-Za-z0-9 .,()/+_-]{1,40}",
+            serial in "[A-Za-z0-9]{1,20}",
+        ) {
+            let enc = |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let q = format!("serial={}&manufacturer={}", enc(&serial), enc(&manufacturer));
+            let f = facts_from_query(&q).unwrap();
+            proptest::prop_assert_eq!(f.serial.as_deref(), Some(serial.as_str()));
+            proptest::prop_assert_eq!(f.manufacturer, clean_fact(&manufacturer));
+        }
     }
 }
