@@ -212,10 +212,14 @@ echo "== wrk: rendered /ipxe?mac= vs static" >&2
 # Rounds alternate the three targets; each keeps its best round (req/s, with that round's p99).
 best_of() { printf '%s\n%s\n' "$1" "$2" | awk 'NF == 2 { if ($1 == "FAIL") { f = 1 } else if ($1 + 0 > b) { b = $1; p = $2 } } END { if (f) print "FAIL FAIL"; else print b, p }'; }
 r_best=""; s_best=""; n_best=""
-for _ in $(seq 1 "$REPEAT"); do
-    r_best=$(best_of "$r_best" "$(wrk_case "http://127.0.0.1:$PXF_PORT/ipxe" "$TMP/macs.lua")")
-    s_best=$(best_of "$s_best" "$(wrk_case "http://127.0.0.1:$PXF_PORT/assets/script.ipxe")")
-    n_best=$(best_of "$n_best" "$(wrk_case "http://127.0.0.1:$NGX_PORT/assets/script.ipxe")")
+: > "$TMP/rows.rounds"
+for round in $(seq 1 "$REPEAT"); do
+    r=$(wrk_case "http://127.0.0.1:$PXF_PORT/ipxe" "$TMP/macs.lua")
+    s=$(wrk_case "http://127.0.0.1:$PXF_PORT/assets/script.ipxe")
+    n=$(wrk_case "http://127.0.0.1:$NGX_PORT/assets/script.ipxe")
+    r_best=$(best_of "$r_best" "$r"); s_best=$(best_of "$s_best" "$s"); n_best=$(best_of "$n_best" "$n")
+    # Each round's own ratios too: the three cases of one round ran within 30 s of each other.
+    echo "| $round | ${r%% *} | ${s%% *} | ${n%% *} | $(ratio "${r%% *}" "${n%% *}") | $(ratio "${s%% *}" "${n%% *}") |" >> "$TMP/rows.rounds"
 done
 read -r r_rps r_p99 <<< "$r_best"
 read -r s_rps s_p99 <<< "$s_best"
@@ -244,5 +248,11 @@ read -r n_rps n_p99 <<< "$n_best"
     echo "| pxeforge \`/ipxe?mac=…\` rendered per request, $HOSTS hosts, a different MAC each request | $r_rps | $r_p99 | $(ratio "$r_rps" "$n_rps") |"
     echo "| pxeforge \`/assets/script.ipxe\` (static, same bytes) | $s_rps | $s_p99 | $(ratio "$s_rps" "$n_rps") |"
     echo "| nginx \`/assets/script.ipxe\` (static) | $n_rps | $n_p99 | 1.00 |"
+    echo
+    echo "Round by round (req/s; each round runs the three cases back to back):"
+    echo
+    echo "| round | rendered | pxeforge static | nginx static | rendered / nginx | static / nginx |"
+    echo "|---:|---:|---:|---:|---:|---:|"
+    cat "$TMP/rows.rounds"
 } > "$RESULTS"
 cat "$RESULTS"
