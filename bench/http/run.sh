@@ -198,32 +198,36 @@ chmod a+r "$WWW/script.ipxe"
 SCRIPT_BYTES=$(stat -c %s "$WWW/script.ipxe")
 grep -q bench-00001 "$WWW/script.ipxe" || { echo "pxeforge did not render host bench-00001's script" >&2; exit 1; }
 
-wrk_case() { # url [lua] → "req/s p99ms"
-    local out
-    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" --latency ${2:+-s "$2"} "$1")
+wrk_case() { # server url [lua] → "req/s p99ms server-CPU-µs-per-request"
+    local out c0 c1
+    c0=$(cpu_secs "$1")
+    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" --latency ${3:+-s "$3"} "$2")
+    c1=$(cpu_secs "$1")
     echo "$out" >> "$TMP/wrk.log"
-    echo "$out" | grep -q 'Non-2xx' && { echo "FAIL FAIL"; return; }
-    local rps p99
+    echo "$out" | grep -q 'Non-2xx' && { echo "FAIL FAIL FAIL"; return; }
+    local rps p99 reqs
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     p99=$(echo "$out" | awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) sub(/ms$/,"",v); else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}')
-    echo "$rps $p99"
+    echo "$rps $p99 $(awk -v a="$c0" -v b="$c1" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", (b - a) * 1e6 / n; else print "-" }')"
 }
 echo "== wrk: rendered /ipxe?mac= vs static" >&2
 # Rounds alternate the three targets; each keeps its best round (req/s, with that round's p99).
-best_of() { printf '%s\n%s\n' "$1" "$2" | awk 'NF == 2 { if ($1 == "FAIL") { f = 1 } else if ($1 + 0 > b) { b = $1; p = $2 } } END { if (f) print "FAIL FAIL"; else print b, p }'; }
+best_of() { printf '%s\n%s\n' "$1" "$2" | awk 'NF == 3 { if ($1 == "FAIL") { f = 1 } else if ($1 + 0 > b) { b = $1; p = $2; c = $3 } } END { if (f) print "FAIL FAIL FAIL"; else print b, p, c }'; }
 r_best=""; s_best=""; n_best=""
 : > "$TMP/rows.rounds"
 for round in $(seq 1 "$REPEAT"); do
-    r=$(wrk_case "http://127.0.0.1:$PXF_PORT/ipxe" "$TMP/macs.lua")
-    s=$(wrk_case "http://127.0.0.1:$PXF_PORT/assets/script.ipxe")
-    n=$(wrk_case "http://127.0.0.1:$NGX_PORT/assets/script.ipxe")
+    r=$(wrk_case pxeforge "http://127.0.0.1:$PXF_PORT/ipxe" "$TMP/macs.lua")
+    s=$(wrk_case pxeforge "http://127.0.0.1:$PXF_PORT/assets/script.ipxe")
+    n=$(wrk_case nginx "http://127.0.0.1:$NGX_PORT/assets/script.ipxe")
     r_best=$(best_of "$r_best" "$r"); s_best=$(best_of "$s_best" "$s"); n_best=$(best_of "$n_best" "$n")
     # Each round's own ratios too: the three cases of one round ran within 30 s of each other.
-    echo "| $round | ${r%% *} | ${s%% *} | ${n%% *} | $(ratio "${r%% *}" "${n%% *}") | $(ratio "${s%% *}" "${n%% *}") |" >> "$TMP/rows.rounds"
+    read -r rr _ rc <<< "$r"; read -r sr _ sc <<< "$s"; read -r nr _ nc <<< "$n"
+    echo "| $round | $rr | $sr | $nr | $(ratio "$rr" "$nr") | $(ratio "$sr" "$nr") | $rc | $sc | $nc |" >> "$TMP/rows.rounds"
 done
-read -r r_rps r_p99 <<< "$r_best"
-read -r s_rps s_p99 <<< "$s_best"
-read -r n_rps n_p99 <<< "$n_best"
+read -r r_rps r_p99 _ <<< "$r_best"
+read -r s_rps s_p99 _ <<< "$s_best"
+read -r n_rps n_p99 _ <<< "$n_best"
 
 {
     echo "# HTTP benchmark: pxeforge vs nginx (sendfile on), loopback"
@@ -249,10 +253,11 @@ read -r n_rps n_p99 <<< "$n_best"
     echo "| pxeforge \`/assets/script.ipxe\` (static, same bytes) | $s_rps | $s_p99 | $(ratio "$s_rps" "$n_rps") |"
     echo "| nginx \`/assets/script.ipxe\` (static) | $n_rps | $n_p99 | 1.00 |"
     echo
-    echo "Round by round (req/s; each round runs the three cases back to back):"
+    echo "Round by round (req/s, and each server's CPU time (user+sys) per request in µs; each round"
+    echo "runs the three cases back to back; the CPU per request moves least with the machine's speed):"
     echo
-    echo "| round | rendered | pxeforge static | nginx static | rendered / nginx | static / nginx |"
-    echo "|---:|---:|---:|---:|---:|---:|"
+    echo "| round | rendered | pxeforge static | nginx static | rendered / nginx | static / nginx | rendered µs/req | pxeforge static µs/req | nginx static µs/req |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     cat "$TMP/rows.rounds"
 } > "$RESULTS"
 cat "$RESULTS"
