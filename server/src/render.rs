@@ -319,19 +319,8 @@ pub enum ScriptChoice<'a> {
     Unknown,
 }
 
-/// The per-host template context shared by iPXE scripts and kickstarts.
-pub fn host_context(
-    site: &Site,
-    base_url: &str,
-    host: &Host,
-    profile: &Profile,
-    mac: Mac,
-    platform: Option<&str>,
-) -> Context {
-    with_host_context(site, base_url, host, profile, mac, platform, Context::clone)
-}
-
-/// Calls `f` with the host's context, made from a reused copy of its profile's cached part.
+/// Calls `f` with the host's template context (shared by iPXE scripts and kickstarts), made
+/// from a reused copy of its profile's cached part.
 pub fn with_host_context<R>(
     site: &Site,
     base_url: &str,
@@ -646,6 +635,18 @@ pub fn check_all(site: &Site) -> Vec<Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host's context as an owned value, through the same cache as the server.
+    fn host_context(
+        site: &Site,
+        base_url: &str,
+        host: &Host,
+        profile: &Profile,
+        mac: Mac,
+        platform: Option<&str>,
+    ) -> Context {
+        with_host_context(site, base_url, host, profile, mac, platform, Context::clone)
+    }
 
     #[test]
     fn facts_are_cleaned() {

@@ -324,7 +324,7 @@ impl Connection {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         tokio::time::timeout(self.limits.stall, self.stream.write_all(data))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
+            .map_err(sendfile::stalled)?
     }
 
     async fn respond(&mut self, head: Head, body: Bytes, close: bool) -> io::Result<()> {
@@ -370,7 +370,8 @@ impl Connection {
                 return Err(io::Error::other("response body failed"));
             }
         };
-        let length = if wire::has_body(&method, parts.status) {
+        let has_body = wire::has_body(&method, parts.status);
+        let length = if has_body {
             Some(bytes.len() as u64)
         } else if method == http::Method::HEAD {
             // HEAD reports the length a GET would have had (axum kept it in the headers).
@@ -383,7 +384,7 @@ impl Connection {
             None
         };
         wire::response_head(&mut out, parts.status, &parts.headers, length, close, &date);
-        if wire::has_body(&method, parts.status) {
+        if has_body {
             out.extend_from_slice(&bytes);
         }
         self.write(&out).await

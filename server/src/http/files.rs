@@ -39,7 +39,10 @@ fn lexically_confined(rel: &str) -> Result<&Path, Confined> {
 /// from the root, so that no symlink (swapped in at any moment) can lead outside, and nothing
 /// is checked in one step and opened in another. Paths through absolute symlinks, and kernels
 /// without openat2 (before 5.6), get the canonicalize-then-open check of `confine`.
-pub fn open_confined(root: &Path, rel: &str) -> Result<std::fs::File, Confined> {
+pub fn open_confined(
+    root: &Path,
+    rel: &str,
+) -> Result<(std::fs::File, std::fs::Metadata), Confined> {
     let rel_path = lexically_confined(rel)?;
     let file = match openat2_beneath(root, rel_path) {
         Ok(f) => f,
@@ -54,7 +57,7 @@ pub fn open_confined(root: &Path, rel: &str) -> Result<std::fs::File, Confined> 
         },
     };
     match file.metadata() {
-        Ok(m) if m.is_file() => Ok(file),
+        Ok(m) if m.is_file() => Ok((file, m)),
         _ => Err(Confined::NotFound),
     }
 }
@@ -145,8 +148,8 @@ fn content_type(path: &Path) -> &'static str {
 }
 
 pub fn serve(root: &Path, rel: &str, method: &Method, headers: &HeaderMap) -> Response {
-    let file = match open_confined(root, rel) {
-        Ok(f) => f,
+    let (file, meta) = match open_confined(root, rel) {
+        Ok(opened) => opened,
         Err(Confined::Forbidden(why)) => {
             tracing::warn!(path = rel, why, "refused file request");
             return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
@@ -154,10 +157,6 @@ pub fn serve(root: &Path, rel: &str, method: &Method, headers: &HeaderMap) -> Re
         Err(_) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
     };
     let path = Path::new(rel);
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(_) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
-    };
     let len = meta.len();
     let mtime_ns =
         (meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128).max(0) as u128;
@@ -227,7 +226,7 @@ mod tests {
             Confined::File(p) => read(&p),
             refused => Err(refused),
         };
-        let beneath = open_confined(root, rel).map(|mut f| {
+        let beneath = open_confined(root, rel).map(|(mut f, _)| {
             let mut v = Vec::new();
             std::io::Read::read_to_end(&mut f, &mut v).unwrap();
             v

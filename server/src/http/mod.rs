@@ -161,8 +161,8 @@ async fn images(
             return (StatusCode::BAD_REQUEST, "bad image path\n").into_response();
         }
     }
-    // `current` is a symlink to a build id inside the same directory; confine() follows it
-    // and checks that it stays within the store.
+    // `current` is a relative symlink to a build id inside the same directory, which
+    // files::open_confined follows without leaving the store.
     let root = st.state_dir.join("images");
     let rel = format!("{recipe}/{profile}/{id}/{file}");
     files::serve(&root, &rel, &method, &headers)

@@ -46,7 +46,8 @@ pub fn facts_from_query(raw: &str) -> Result<Facts, String> {
     let mut vals: [Option<Cow<str>>; 7] = Default::default();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if let Some(i) = KEYS.iter().position(|key| *key == form_decode(k)) {
+        let k = form_decode(k);
+        if let Some(i) = KEYS.iter().position(|key| *key == k) {
             vals[i] = Some(form_decode(v));
         }
     }

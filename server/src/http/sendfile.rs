@@ -50,22 +50,12 @@ pub async fn send(
 const CORK_FROM: u64 = 256 * 1024;
 
 fn set_cork(stream: &TcpStream, on: bool) -> io::Result<()> {
-    let v: libc::c_int = on.into();
-    // SAFETY: a valid socket and a c_int option value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    socket2::SockRef::from(stream).set_cork(on)
+}
+
+/// The error for a client that kept the socket unwritable past the stall limit.
+pub fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
 }
 
 async fn send_body(
@@ -84,7 +74,7 @@ async fn send_body(
         let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
         let sent = tokio::time::timeout(stall, stream.writable())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+            .map_err(stalled)
             .and_then(|r| r)
             .and_then(|()| {
                 stream.try_io(Interest::WRITABLE, || {
@@ -141,7 +131,7 @@ async fn send_all_flags(
     while !data.is_empty() {
         tokio::time::timeout(stall, stream.writable())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+            .map_err(stalled)??;
         let r = stream.try_io(Interest::WRITABLE, || {
             // SAFETY: `data` is a valid slice for its length; the socket is open.
             let n = unsafe {
@@ -194,7 +184,7 @@ async fn copy(
         }
         tokio::time::timeout(stall, stream.write_all(&buf[..n]))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+            .map_err(stalled)??;
         offset += n as u64;
         left -= n as u64;
         metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
