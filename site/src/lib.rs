@@ -1,0 +1,1 @@
+//! The pxeforge site model: settings, profiles, hosts, MACs, diagnostics, loading and validation

@@ -1,0 +1,1 @@
+//! Content-addressed stores: atomic publish, current pointers, SHA256SUMS, verify, gc

@@ -1,0 +1,1 @@
+//! pxeforge fleet-sim: a simulated fleet booting against a real server
