@@ -1,7 +1,7 @@
 //! Counters for `/metrics`, in the Prometheus text format.
 
+use pxeforge_promtext::{Kind, Writer};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -44,6 +44,7 @@ impl DhcpMetrics {
     }
 
     pub fn write_prometheus(&self, out: &mut String) {
+        let mut w = Writer::new(out);
         let counters = [
             (
                 "pxeforge_dhcp_packets_received_total",
@@ -72,22 +73,57 @@ impl DhcpMetrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            w.counter(name, help, value.load(Ordering::Relaxed));
         }
-        let name = "pxeforge_dhcp_decisions_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} DHCP decisions by message, firmware and outcome"
+        let mut decisions = w.family(
+            "pxeforge_dhcp_decisions_total",
+            Kind::Counter,
+            "DHCP decisions by message, firmware and outcome",
         );
-        let _ = writeln!(out, "# TYPE {name} counter");
         if let Ok(map) = self.decisions.lock() {
             for ((mode, msg, fw, outcome), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{mode=\"{mode}\",message=\"{msg}\",firmware=\"{fw}\",outcome=\"{outcome}\"}} {n}"
+                decisions.sample(
+                    &[
+                        ("mode", mode),
+                        ("message", msg),
+                        ("firmware", fw),
+                        ("outcome", outcome),
+                    ],
+                    *n,
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text() {
+        let m = DhcpMetrics::default();
+        m.received.store(10, Ordering::Relaxed);
+        m.count_decision("proxy", "discover", "efi-x64", "offer");
+        m.count_decision("proxy", "discover", "efi-x64", "offer");
+        m.count_decision("reservation", "request", "bios", "ack");
+        let mut out = String::new();
+        m.write_prometheus(&mut out);
+        assert!(
+            out.contains("pxeforge_dhcp_packets_received_total 10\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pxeforge_dhcp_lease_errors_total 0\n"),
+            "{out}"
+        );
+        assert!(out.contains("pxeforge_dhcp_decisions_total{mode=\"proxy\",message=\"discover\",firmware=\"efi-x64\",outcome=\"offer\"} 2\n"), "{out}");
+        assert!(out.contains("pxeforge_dhcp_decisions_total{mode=\"reservation\",message=\"request\",firmware=\"bios\",outcome=\"ack\"} 1\n"), "{out}");
+        assert_eq!(
+            out.matches("# TYPE pxeforge_dhcp_decisions_total counter\n")
+                .count(),
+            1
+        );
+        assert_eq!(m.decisions("offer"), 2);
     }
 }

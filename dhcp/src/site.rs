@@ -2,59 +2,11 @@
 //! site load and swapped atomically.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
-/// An Ethernet hardware address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("not a MAC address: {0:?}")]
-pub struct MacParseError(pub String);
-
-impl FromStr for Mac {
-    type Err = MacParseError;
-
-    /// Accepts every spelling operators use: `52:54:00:12:34:56`, `52-54-00-12-34-56`,
-    /// `5254.0012.3456`, `525400123456`, any case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex: Vec<u8> = s
-            .bytes()
-            .filter(|b| !matches!(b, b':' | b'-' | b'.'))
-            .collect();
-        let separators_ok = s
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b":-.".contains(&b));
-        if hex.len() != 12 || !separators_ok {
-            return Err(MacParseError(s.to_string()));
-        }
-        let mut out = [0u8; 6];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let text = std::str::from_utf8(pair).map_err(|_| MacParseError(s.to_string()))?;
-            out[i] = u8::from_str_radix(text, 16).map_err(|_| MacParseError(s.to_string()))?;
-        }
-        Ok(Mac(out))
-    }
-}
+/// MACs and the boot-file table come from the site model, so that each rule exists once.
+pub use pxeforge_site::settings::BootFiles;
+pub use pxeforge_site::Mac;
 
 /// One inventory host as DHCP sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,32 +20,6 @@ pub struct HostEntry {
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
-}
-
-/// First-stage boot file per firmware, relative to the TFTP root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootFiles {
-    pub bios: String,
-    pub efi_x64: String,
-    pub efi_ia32: String,
-    pub arm64: String,
-    /// UEFI HTTP boot (x86-64, arch 16): served over HTTP at `<base>/tftp/<file>`.
-    pub http_boot: String,
-    /// UEFI HTTP boot on ARM64 (arch 19); None = the `arm64` file over HTTP.
-    pub http_boot_arm64: Option<String>,
-}
-
-impl Default for BootFiles {
-    fn default() -> Self {
-        BootFiles {
-            bios: "undionly.kpxe".into(),
-            efi_x64: "snponly.efi".into(),
-            efi_ia32: "ipxe-i386.efi".into(),
-            arm64: "ipxe-arm64.efi".into(),
-            http_boot: "ipxe.efi".into(),
-            http_boot_arm64: None,
-        }
-    }
 }
 
 /// Discovery pool for reservation mode: leases for hosts without a static address.

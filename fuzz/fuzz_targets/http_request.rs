@@ -1,12 +1,12 @@
 //! Fuzzes the HTTP/1.1 request framing the server runs on every byte a client sends
-//! (`pxeforge_server::http::wire`): the head parser, then the chunked body decoder on what
+//! (`pxeforge_httpd::wire`): the head parser, then the chunked body decoder on what
 //! follows the head, fed whole and in two pieces, which must agree.
 //!
 //!     cargo +nightly fuzz run http_request
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pxeforge_server::http::wire::{parse_head, ChunkedDecoder, Framing, MAX_HEAD};
+use pxeforge_httpd::wire::{parse_head, ChunkedDecoder, Framing, MAX_HEAD};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Some(head)) = parse_head(data) else {

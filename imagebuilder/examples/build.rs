@@ -31,12 +31,22 @@ fn main() {
         eprintln!("no recipe {}", args[2]);
         std::process::exit(1);
     };
+    // The profile as strictly as the site loader reads it (without the checks that need a
+    // whole site, so that tests can build from a bare directory).
     let pfile = site.join("profiles").join(format!("{}.toml", args[3]));
-    let text = std::fs::read_to_string(&pfile).unwrap_or_default();
-    let profile = match ib::profile_layer_from_toml(&args[3], &text) {
-        Ok(p) => p,
+    let text = match std::fs::read_to_string(&pfile) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("{}: {e}", pfile.display());
+            std::process::exit(1);
+        }
+    };
+    let profile = match pxeforge_site::parse_profile_text(&args[3], &text) {
+        Ok(p) => ib::ProfileLayer::from(&p),
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
             std::process::exit(1);
         }
     };

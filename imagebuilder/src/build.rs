@@ -6,6 +6,7 @@ use crate::recipe::{Compression, Output, Recipe};
 use crate::store::{self, Manifest, OutputFile};
 use crate::tree::{Kind, Node, Tree};
 use crate::{inputs, layers, source, ProfileLayer, Progress};
+use pxeforge_store::{PublishOptions, StoreError, Sums};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -58,35 +59,40 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
     cache.save();
     let (inputs, id) = collected?;
 
-    let images = store::images_dir(req.state_dir);
-    let profile_dir = images.join(&recipe.name).join(&req.profile.name);
+    let images = store::image_store(req.state_dir);
+    let profile_dir = images
+        .key_dir(&[&recipe.name, &req.profile.name])
+        .ok_or_else(|| BuildError::Recipe(format!("recipe {}: invalid names", recipe.name)))?;
     let final_dir = profile_dir.join(&id);
-    let store_err = |e: store::StoreError| BuildError::source(&profile_dir, e.to_string());
     if !req.force {
-        if let Ok(m) = store::read_manifest(&final_dir) {
-            store::set_current(&profile_dir, &id).map_err(store_err)?;
-            tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, "unchanged, skipped");
-            return Ok(BuildOutcome {
-                id,
-                dir: final_dir,
-                skipped: true,
-                outputs: m.outputs,
-            });
+        // Under the store lock, so that a gc cannot remove the build between this look and the
+        // pointer moving to it.
+        let lock = images.lock().map_err(store_err)?;
+        if pxeforge_store::resolve(&profile_dir, &id).is_some() {
+            if let Ok(m) = store::read_manifest(&final_dir) {
+                lock.set_current(&profile_dir, &id).map_err(store_err)?;
+                tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, "unchanged, skipped");
+                return Ok(BuildOutcome {
+                    id,
+                    dir: final_dir,
+                    skipped: true,
+                    outputs: m.outputs,
+                });
+            }
         }
     }
 
-    store::clean_stale_tmp(req.state_dir);
-    let tmp_root = images.join(store::TMP);
-    std::fs::create_dir_all(&tmp_root).map_err(BuildError::io(&tmp_root))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("build-{}-", std::process::id()))
-        .tempdir_in(&tmp_root)
-        .map_err(BuildError::io(&tmp_root))?;
-    let out_dir = tmp.path().join("out");
-    let work = tmp.path().join("work");
-    for d in [&out_dir, &work] {
-        std::fs::create_dir(d).map_err(BuildError::io(d))?;
+    // Leftovers of killed builds would otherwise pile up until the next gc; failing to remove
+    // them is no reason not to build.
+    if let Err(e) = images.clean_stale_tmp() {
+        tracing::warn!(error = %e, "stale temporaries not cleaned");
     }
+    // Locked for the whole build (which is how cleanup knows it is alive); removed when dropped,
+    // whether the build publishes or fails.
+    let staging = images.staging("build-").map_err(store_err)?;
+    let out_dir = staging.out().to_path_buf();
+    let work = staging.path().join("work");
+    std::fs::create_dir(&work).map_err(BuildError::io(&work))?;
 
     req.progress.stage("compose");
     let tree = compose(req.site_dir, recipe, req.profile, &work)?;
@@ -259,58 +265,43 @@ pub fn build(req: BuildRequest) -> Result<BuildOutcome, BuildError> {
         w.write_all(b"\n")?;
         Ok(None)
     })?;
-    let mut sums: Vec<(String, String)> = published
+    // The checksums were computed as the outputs were written; nothing is read back.
+    let mut sums = Sums::new();
+    for (file, sha256) in published
         .iter()
-        .map(|o| (o.sha256.clone(), o.file.clone()))
-        .collect();
-    sums.push((m.sha256, store::MANIFEST.to_string()));
-    let sums_path = out_dir.join(store::SUMS);
-    write_output(&sums_path, Output::Kernel, |w| {
-        w.write_all(store::format_sums(&sums).as_bytes())?;
-        Ok(None)
-    })?;
-    store::sync_dir(&out_dir);
-
-    std::fs::create_dir_all(&profile_dir).map_err(BuildError::io(&profile_dir))?;
-    if final_dir.exists() {
-        // A forced rebuild of a published id: swap both directories in one step, then drop the old.
-        exchange(&out_dir, &final_dir).map_err(BuildError::io(&final_dir))?;
-    } else if let Err(e) = std::fs::rename(&out_dir, &final_dir) {
-        // Another build of the same inputs published first: its outputs are the same bytes.
-        if store::read_manifest(&final_dir).is_err() {
-            return Err(BuildError::io(&final_dir)(e));
-        }
+        .map(|o| (o.file.as_str(), o.sha256.as_str()))
+        .chain([(store::MANIFEST, m.sha256.as_str())])
+    {
+        sums.insert(file, sha256)
+            .map_err(|e| BuildError::source(&out_dir, e.to_string()))?;
     }
-    store::sync_dir(&profile_dir);
-    store::set_current(&profile_dir, &id).map_err(store_err)?;
-    drop(tmp);
-    tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, "published");
+    pxeforge_store::write_sums(&out_dir.join(store::SUMS), &sums).map_err(store_err)?;
+
+    // fsyncs every file and directory of out/, renames it to <profile>/<id> and moves current,
+    // under the store lock. A forced rebuild swaps itself in for the published build of the
+    // same id (repairing one that verify found damaged); otherwise a build of the same inputs
+    // that published first is kept: its outputs are the same bytes.
+    let opts = PublishOptions {
+        replace: req.force,
+        set_current: true,
+    };
+    let p = staging
+        .publish(&profile_dir, &id, opts)
+        .map_err(store_err)?;
+    tracing::info!(recipe = %recipe.name, profile = %req.profile.name, %id, outcome = ?p.outcome, "published");
     Ok(BuildOutcome {
         id,
-        dir: final_dir,
+        dir: p.dir,
         skipped: false,
         outputs: published,
     })
 }
 
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// Store errors as build errors, keeping the io::Error of an I/O failure as the source.
+fn store_err(e: StoreError) -> BuildError {
+    match e {
+        StoreError::Io { path, source } => BuildError::Io { path, source },
+        e => BuildError::source(e.path(), e.detail()),
     }
 }
 
@@ -475,8 +466,12 @@ fn output_file(
     }
 }
 
-/// Describes a file a standard tool wrote (hashed once as it is described).
+/// Describes a file a standard tool wrote (hashed once as it is described), after an fsync:
+/// mksquashfs, mkfs.ext4 and qemu-img leave their output in the page cache.
 fn tool_output(path: &Path, kind: Output) -> Result<OutputFile, BuildError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(BuildError::io(path))?;
     let (size, sha256) = crate::hashing::hash_file(path).map_err(BuildError::io(path))?;
     Ok(output_file(path, kind, size, sha256, None))
 }

@@ -29,54 +29,13 @@ pub use store::{Mismatch, OutputFile, PublishedImage};
 pub use tools::{check_tools, MissingTool};
 
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Error,
-    Warning,
-}
+/// Problems are reported with the site model's one diagnostic type.
+pub use pxeforge_site::{Diagnostic, Severity};
 
-/// A problem found in a site file; `line` is 1-based (0 when no line applies). The boot
-/// service's site loader reports its own problems with this same type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub message: String,
-    pub severity: Severity,
-}
-
-impl Diagnostic {
-    pub fn error(file: &Path, line: usize, message: String) -> Diagnostic {
-        Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            message,
-            severity: Severity::Error,
-        }
-    }
-}
-
-impl std::fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sev = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        // `file:1` for file-wide problems, so editors and `grep -n`-style tools can jump there.
-        write!(
-            f,
-            "{}:{}: {sev}: {}",
-            self.file.display(),
-            self.line.max(1),
-            self.message
-        )
-    }
-}
-
-/// What a hardware profile contributes to the images built for it (the lead maps
-/// `profiles/NAME.toml` onto this).
+/// What a hardware profile contributes to the images built for it, taken from the site model's
+/// [`pxeforge_site::Profile`].
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ProfileLayer {
     pub name: String,
@@ -117,37 +76,32 @@ pub fn kernel_args(recipe: &Recipe, profile: &ProfileLayer) -> Vec<String> {
     v
 }
 
-/// Reads the image-relevant keys of a `profiles/NAME.toml` text, ignoring the others (the site
-/// loader validates the whole file strictly). Used by the example and tests; the server maps its
-/// own profile model onto [`ProfileLayer`].
-pub fn profile_layer_from_toml(name: &str, text: &str) -> Result<ProfileLayer, String> {
-    let v: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    let list = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(|x| x.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok(ProfileLayer {
-        name: name.to_string(),
-        arch: s("arch").unwrap_or_else(|| "x86_64".into()),
-        firmware: s("firmware").unwrap_or_else(|| "bios".into()),
-        memory_mib: v
-            .get("memory_mib")
-            .and_then(|x| x.as_integer())
-            .and_then(|x| u64::try_from(x).ok()),
-        console: s("console"),
-        kernel_args: list("kernel_args"),
-        drivers: list("drivers"),
-        firmware_files: list("firmware_files")
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-        layer_dir: s("layer").map(PathBuf::from),
-    })
+impl From<&pxeforge_site::Profile> for ProfileLayer {
+    fn from(p: &pxeforge_site::Profile) -> ProfileLayer {
+        let firmware = match p.firmware {
+            pxeforge_site::Firmware::Bios => "bios",
+            pxeforge_site::Firmware::Uefi => "uefi",
+            pxeforge_site::Firmware::Both => "both",
+        };
+        let arch = match p.arch {
+            pxeforge_site::Arch::X86_64 => "x86_64",
+            pxeforge_site::Arch::Aarch64 => "aarch64",
+        };
+        ProfileLayer {
+            name: p.name.clone(),
+            arch: arch.into(),
+            firmware: firmware.into(),
+            memory_mib: p.memory_mib,
+            console: p.console.clone(),
+            kernel_args: p.kernel_args.clone(),
+            drivers: p.drivers.clone(),
+            firmware_files: p.firmware_files.clone(),
+            layer_dir: p.layer.clone(),
+        }
+    }
+}
+
+/// What every profile of a site contributes to images, in profile name order.
+pub fn profile_layers(site: &pxeforge_site::Site) -> Vec<ProfileLayer> {
+    site.profiles.values().map(ProfileLayer::from).collect()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 static QEMU: Mutex<()> = Mutex::new(());
 
 const PROFILE: &str =
-    "arch = \"x86_64\"\nfirmware = \"both\"\nconsole = \"ttyS0\"\nkernel_args = [\"loglevel=4\"]\n";
+    "arch = \"x86_64\"\nfirmware = \"both\"\nconsole = \"ttyS0\"\nkernel_args = [\"loglevel=4\"]\ndisk = \"/dev/vda\"\n";
 
 #[test]
 fn initramfs_boots_by_direct_kernel_boot() {

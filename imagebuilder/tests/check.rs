@@ -7,7 +7,10 @@ use pxeforge_imagebuilder as ib;
 #[test]
 fn bad_recipes_are_errors_with_file_and_line() {
     let site = Site::new();
-    let p = site.profile("vm", "firmware = \"bios\"\n");
+    let p = site.profile(
+        "vm",
+        "arch = \"x86_64\"\nfirmware = \"bios\"\ndisk = \"/dev/vda\"\n",
+    );
     std::fs::create_dir_all(site.dir().join("trees/ok")).unwrap();
     site.write(
         "images/bad.toml",

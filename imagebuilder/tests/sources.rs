@@ -7,7 +7,7 @@ use pxeforge_imagebuilder as ib;
 use std::io::Write;
 use std::process::Command;
 
-const PROFILE: &str = "firmware = \"bios\"\n";
+const PROFILE: &str = "arch = \"x86_64\"\nfirmware = \"bios\"\ndisk = \"/dev/vda\"\n";
 
 enum E<'a> {
     Dir(&'a str, u32, u32, u32),

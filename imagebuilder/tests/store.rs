@@ -6,7 +6,8 @@ use pxeforge_imagebuilder as ib;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PROFILE: &str = "arch = \"x86_64\"\nfirmware = \"uefi\"\nconsole = \"ttyS0\"\n";
+const PROFILE: &str =
+    "arch = \"x86_64\"\nfirmware = \"uefi\"\nconsole = \"ttyS0\"\ndisk = \"/dev/vda\"\n";
 const ALL: &str = "\"kernel\", \"initramfs\", \"squashfs\", \"tar\", \"ext4\", \"disk\", \"qcow2\"";
 
 #[test]
@@ -147,7 +148,7 @@ fn verify_catches_a_flipped_byte_and_gc_keeps_current() {
 fn killed_build_leaves_no_trace() {
     let site = Site::new();
     site.profile("vm", PROFILE);
-    let p = ib::profile_layer_from_toml("vm", PROFILE).unwrap();
+    let p = ib::ProfileLayer::from(&pxeforge_site::parse_profile_text("vm", PROFILE).unwrap());
     site.write("images/big.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\", \"tar\"]\n[base]\nscratch = true\n[[file]]\npath = \"/etc/motd\"\ncontents = \"one\\n\"\n");
     let good = site.build("big", &p, false).unwrap();
     let before = snapshot(&site.state().join("images/big"));
@@ -230,7 +231,10 @@ fn killed_build_leaves_no_trace() {
 #[test]
 fn store_limits_warn_about_memory() {
     let site = Site::new();
-    let p = site.profile("small", "firmware = \"bios\"\nmemory_mib = 1\n");
+    let p = site.profile(
+        "small",
+        "arch = \"x86_64\"\nfirmware = \"bios\"\nmemory_mib = 1\ndisk = \"/dev/vda\"\n",
+    );
     site.write("blob.bin", vec![0u8; 3 << 20]);
     site.write("images/fat.toml", "profiles = [\"small\"]\noutputs = [\"initramfs\"]\n[base]\nscratch = true\n[[file]]\npath = \"/blob\"\nsource = \"blob.bin\"\n");
     site.build("fat", &p, false).unwrap();
@@ -238,7 +242,12 @@ fn store_limits_warn_about_memory() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].severity, ib::Severity::Warning);
     assert!(w[0].message.contains("memory_mib"), "{}", w[0].message);
-    let roomy =
-        ib::profile_layer_from_toml("small", "firmware = \"bios\"\nmemory_mib = 64\n").unwrap();
+    let roomy = ib::ProfileLayer::from(
+        &pxeforge_site::parse_profile_text(
+            "small",
+            "arch = \"x86_64\"\nfirmware = \"bios\"\nmemory_mib = 64\ndisk = \"/dev/vda\"\n",
+        )
+        .unwrap(),
+    );
     assert!(ib::check_store_limits(&site.state(), &[roomy]).is_empty());
 }

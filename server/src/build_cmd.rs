@@ -1,6 +1,6 @@
 //! `pxeforge build` and `pxeforge images ...`: the CLI edge of the image builder library.
 
-use crate::site::Site;
+use crate::config::Overrides;
 use anyhow::{anyhow, bail, Context, Result};
 use pxeforge_imagebuilder::{self as ib, store, Progress};
 use std::io::IsTerminal;
@@ -98,26 +98,32 @@ fn state_dir(site_dir: &Path, state: Option<&PathBuf>) -> Result<PathBuf> {
     if let Some(s) = state {
         return Ok(s.clone());
     }
-    let site = Site::load(site_dir).map_err(|e| {
-        crate::serve::print_diagnostics(&e.0);
+    let site = pxeforge_site::Site::load(site_dir).map_err(|e| {
+        crate::check::print_diagnostics(&e.0);
         anyhow!("{e}")
     })?;
-    Ok(site.state_dir())
+    Ok(site.path(&site.settings.server.state_dir))
 }
 
 pub fn build(args: &BuildArgs) -> Result<()> {
-    let site = Site::load(&args.site).map_err(|e| {
-        crate::serve::print_diagnostics(&e.0);
+    let overrides = Overrides {
+        state: args.state.clone(),
+        ..Overrides::default()
+    };
+    let cat = crate::check::load(&args.site, &overrides).map_err(|e| {
+        crate::check::print_diagnostics(&e.0);
         anyhow!("{e} in {}: fix it before building", args.site.display())
     })?;
-    let state = args.state.clone().unwrap_or_else(|| site.state_dir());
+    let state = cat.config.state.clone();
+    let site = &cat.site;
+    let all_recipes = &cat.recipes;
     let recipes: Vec<&ib::Recipe> = if args.recipes.is_empty() {
-        site.recipes.iter().collect()
+        all_recipes.iter().collect()
     } else {
         args.recipes
             .iter()
             .map(|n| {
-                site.recipes
+                all_recipes
                     .iter()
                     .find(|r| &r.name == n)
                     .ok_or_else(|| anyhow!("no recipe {n:?} (images/{n}.toml)"))
@@ -135,16 +141,13 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             if args.profile.as_ref().is_some_and(|p| p != profile_name) {
                 continue;
             }
-            let profile = site
-                .profiles
-                .get(profile_name)
-                .ok_or_else(|| {
+            let profile =
+                ib::ProfileLayer::from(site.profiles.get(profile_name).ok_or_else(|| {
                     anyhow!(
                         "recipe {} names unknown profile {profile_name}",
                         recipe.name
                     )
-                })?
-                .layer_for_images();
+                })?);
             let label = format!("{}/{}", recipe.name, profile_name);
             let reporter = Reporter::new(label.clone());
             let started = Instant::now();

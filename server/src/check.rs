@@ -1,14 +1,136 @@
-//! `pxeforge check` and `pxeforge render`: the same loading and rendering code as `serve`.
+//! `pxeforge check` and `pxeforge render`: the same loading, selection and rendering code as
+//! `serve`, and the whole-site check that every load runs.
 
-use crate::mac::Mac;
-use crate::render;
-use crate::site::{Severity, Site};
+use crate::catalog::Catalog;
+use crate::config::Overrides;
+use crate::render::{render_bootstrap, render_ipxe, render_kickstart};
+use crate::select::{self, Facts, KickstartChoice, ScriptChoice};
 use anyhow::{anyhow, bail, Result};
-use std::path::Path;
+use pxeforge_site::{BootMethod, Diagnostic, Mac, Severity};
+use std::path::{Path, PathBuf};
+
+/// Loads the catalog and renders every script and kickstart for every host: what `serve`,
+/// `check`, `render` and `build` all start from.
+pub fn load(dir: &Path, overrides: &Overrides) -> Result<Catalog, pxeforge_site::SiteErrors> {
+    Catalog::load(dir, overrides, check_all)
+}
+
+/// Prints each diagnostic as `file:line: severity: message` on stderr.
+pub fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+/// Renders every script and kickstart for every host (and every profile's match-rule
+/// stand-in), turning failures into diagnostics that name the host's file and line.
+pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
+    let site = &cat.site;
+    let base = cat.config.base_url.offline().to_string();
+    let mut out = Vec::new();
+    let mut fail = |origin: &str, what: String| {
+        let (file, line) = origin
+            .rsplit_once(':')
+            .map(|(f, l)| (PathBuf::from(f), l.parse().unwrap_or(0)))
+            .unwrap_or_else(|| (PathBuf::from(origin), 0));
+        out.push(Diagnostic {
+            file,
+            line,
+            message: what,
+            severity: Severity::Error,
+        });
+    };
+    if let Err(e) = render_bootstrap(cat, &base) {
+        fail("templates/boot.ipxe:0", e.to_string());
+    }
+    let unknown = Facts {
+        mac: Some(Mac([0x02, 0, 0, 0, 0, 1])),
+        ..Facts::default()
+    };
+    if let Err(e) = render_ipxe(cat, &base, &ScriptChoice::Unknown, &unknown) {
+        fail("pxeforge.toml:0", format!("unknown-host script: {e}"));
+    }
+    let mut unbuilt = std::collections::BTreeSet::new();
+    let mut warnings = Vec::new();
+    for host in &site.hosts {
+        let Some(profile) = site.profiles.get(&host.profile) else {
+            continue;
+        };
+        let mac = host.macs.first().copied().unwrap_or(Mac([0; 6]));
+        for platform in ["pcbios", "efi"] {
+            let facts = Facts {
+                mac: Some(mac),
+                platform: Some(platform.into()),
+                ..Facts::default()
+            };
+            if let Err(e) = render_ipxe(cat, &base, &ScriptChoice::Host { host, profile }, &facts) {
+                fail(
+                    &host.origin,
+                    format!("host {:?}: iPXE script: {e}", host.name),
+                );
+            }
+        }
+        if profile.boot == BootMethod::Image
+            && crate::images::image_context(&cat.config.state, &base, profile)
+                .is_none_or(|i| i.tarball.is_none())
+        {
+            unbuilt.insert(profile.name.clone());
+            continue;
+        }
+        if select::has_kickstart(profile) && host.install {
+            if let Err(e) = render_kickstart(cat, &base, host, profile, mac) {
+                fail(
+                    &host.origin,
+                    format!("host {:?}: kickstart: {e}", host.name),
+                );
+            }
+        }
+    }
+    for name in unbuilt {
+        let Some(p) = site.profiles.get(&name) else {
+            continue;
+        };
+        warnings.push(Diagnostic {
+            file: p.file.clone(),
+            line: 0,
+            message: format!(
+                "profile {name:?} installs image {:?}, which has no published build with a tar output yet: its hosts' kickstarts fail until `pxeforge build {}` runs",
+                p.image.as_deref().unwrap_or(""),
+                p.image.as_deref().unwrap_or("")
+            ),
+            severity: Severity::Warning,
+        });
+    }
+    for profile in site.profiles.values().filter(|p| !p.match_rules.is_empty()) {
+        let mac = Mac([0x02, 0, 0, 0, 0, 2]);
+        let origin = format!("{}:0", profile.file.display());
+        let choice = ScriptChoice::Matched { profile, mac };
+        if let Err(e) = render_ipxe(cat, &base, &choice, &unknown) {
+            fail(
+                &origin,
+                format!("profile {:?} (matched machine): {e}", profile.name),
+            );
+        }
+        if select::has_kickstart(profile) {
+            let host = select::matched_host(profile, mac);
+            if let Err(e) = render_kickstart(cat, &base, &host, profile, mac) {
+                fail(
+                    &origin,
+                    format!(
+                        "profile {:?} (matched machine) kickstart: {e}",
+                        profile.name
+                    ),
+                );
+            }
+        }
+    }
+    out.extend(warnings);
+    out
+}
 
 /// Prints every problem as `file:line: severity: message`; returns the number of errors.
 pub fn check(site_dir: &Path) -> usize {
-    match Site::load(site_dir) {
+    match load(site_dir, &Overrides::default()) {
         Ok(site) => {
             for d in &site.warnings {
                 println!("{d}");
@@ -21,8 +143,8 @@ pub fn check(site_dir: &Path) -> usize {
             println!(
                 "{}: ok: {} profiles, {} hosts, {} image recipes{}",
                 site_dir.display(),
-                site.profiles.len(),
-                site.hosts.len(),
+                site.site.profiles.len(),
+                site.site.hosts.len(),
                 site.recipes.len(),
                 if warnings > 0 {
                     format!(", {warnings} warning(s)")
@@ -57,45 +179,51 @@ pub enum What {
     Bootstrap,
 }
 
+/// `pxeforge render`: what `serve` would send, through the handlers' own selection and
+/// rendering. The state directory matters: a machine a match rule claimed is remembered there.
 pub fn render_one(
     site_dir: &Path,
     what: What,
     mac: Option<&str>,
     platform: Option<&str>,
-    base_url: Option<&str>,
+    overrides: &Overrides,
 ) -> Result<String> {
-    let site = Site::load(site_dir).map_err(|e| {
-        crate::serve::print_diagnostics(&e.0);
+    let cat = load(site_dir, overrides).map_err(|e| {
+        print_diagnostics(&e.0);
         anyhow!("{e}")
     })?;
-    let base = base_url
-        .map(|b| b.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| render::offline_base_url(&site));
+    let base = cat.config.base_url.offline().to_string();
     let mac = || -> Result<Mac> { Ok(mac.ok_or_else(|| anyhow!("--mac is required"))?.parse()?) };
     match what {
-        What::Bootstrap => Ok(render::render_bootstrap(&site, &base)?),
+        What::Bootstrap => Ok(render_bootstrap(&cat, &base)?),
         What::Ipxe => {
-            let facts = render::Facts {
+            let facts = Facts {
                 mac: Some(mac()?),
                 platform: platform.map(str::to_string),
                 ..Default::default()
             };
-            let choice = crate::select::select(&site, &facts);
-            Ok(render::render_ipxe(&site, &base, &choice, &facts)?)
+            let choice = select::select(&cat.site, &facts);
+            Ok(render_ipxe(&cat, &base, &choice, &facts)?)
         }
         What::Kickstart => {
             let mac = mac()?;
-            let Some(host) = site.host_by_mac(&mac) else {
-                bail!("no host with MAC {mac} in {}", site_dir.display());
-            };
-            let profile = site
-                .profiles
-                .get(&host.profile)
-                .ok_or_else(|| anyhow!("host {} has no profile", host.name))?;
-            if !host.install || !render::has_kickstart(profile) {
-                bail!("host {} is not installed from a kickstart (install = false or profile boot = {:?})", host.name, profile.boot);
+            let claimed = || crate::events::claimed_profile(&cat.config.state, mac);
+            match select::select_kickstart(&cat.site, mac, claimed) {
+                KickstartChoice::Host { host, profile } => {
+                    Ok(render_kickstart(&cat, &base, host, profile, mac)?)
+                }
+                KickstartChoice::Claimed { host, profile } => {
+                    Ok(render_kickstart(&cat, &base, &host, profile, mac)?)
+                }
+                KickstartChoice::NotInstalled { host } => bail!(
+                    "host {} is not installed from a kickstart (install = false or profile boot = {:?})",
+                    host.name,
+                    cat.site.profiles.get(&host.profile).map(|p| p.boot)
+                ),
+                KickstartChoice::Unknown => {
+                    bail!("no host with MAC {mac} in {}, and no profile claimed it", site_dir.display())
+                }
             }
-            Ok(render::render_kickstart(&site, &base, host, profile, mac)?)
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The site as DHCP needs it, compiled once per load and swapped into the DHCP service.
 
-use crate::serve::Effective;
-use crate::site::settings::DhcpMode;
-use crate::site::Site;
+use crate::catalog::Catalog;
+use crate::config::Config;
 use pxeforge_dhcp as dhcp;
+use pxeforge_site::settings::DhcpMode;
+use pxeforge_site::BootMethod;
 
-pub fn compile(site: &Site, eff: &Effective) -> dhcp::DhcpSite {
+pub fn compile(cat: &Catalog) -> dhcp::DhcpSite {
+    let site = &cat.site;
     let s = &site.settings.dhcp;
     let hosts = site
         .hosts
@@ -15,7 +17,7 @@ pub fn compile(site: &Site, eff: &Effective) -> dhcp::DhcpSite {
                 || site
                     .profiles
                     .get(&h.profile)
-                    .is_some_and(|p| p.boot == crate::site::BootMethod::Local);
+                    .is_some_and(|p| p.boot == BootMethod::Local);
             let entry = dhcp::HostEntry {
                 name: h.name.clone(),
                 install: !boots_locally,
@@ -25,22 +27,12 @@ pub fn compile(site: &Site, eff: &Effective) -> dhcp::DhcpSite {
                 dns: h.network.dns.clone(),
                 domain: h.network.domain.clone(),
             };
-            h.macs.iter().map(move |m| (dhcp::Mac(m.0), entry.clone()))
+            h.macs.iter().map(move |m| (*m, entry.clone()))
         })
         .collect();
-    let base_url = eff.base_url.clone().or_else(|| {
-        (!site.settings.server.base_url.is_empty()).then(|| site.settings.server.base_url.clone())
-    });
     dhcp::DhcpSite {
         hosts,
-        boot_files: dhcp::BootFiles {
-            bios: s.boot_files.bios.clone(),
-            efi_x64: s.boot_files.efi_x64.clone(),
-            efi_ia32: s.boot_files.efi_ia32.clone(),
-            arm64: s.boot_files.arm64.clone(),
-            http_boot: s.boot_files.http_boot.clone(),
-            http_boot_arm64: None,
-        },
+        boot_files: s.boot_files.clone(),
         pool: s.pool.as_ref().map(|p| dhcp::Pool {
             start: p.start,
             end: p.end,
@@ -50,12 +42,12 @@ pub fn compile(site: &Site, eff: &Effective) -> dhcp::DhcpSite {
             domain: p.domain.clone(),
         }),
         lease_time_secs: s.lease_time_secs,
-        base_url,
-        http_port: eff.http.port(),
+        base_url: cat.config.base_url.fixed().map(str::to_string),
+        http_port: cat.config.http.port(),
     }
 }
 
-pub fn config(eff: &Effective) -> dhcp::DhcpConfig {
+pub fn config(eff: &Config) -> dhcp::DhcpConfig {
     let mode = match eff.dhcp {
         DhcpMode::Off => dhcp::Mode::Off,
         DhcpMode::Proxy => dhcp::Mode::Proxy,

@@ -161,6 +161,23 @@ impl EventStore {
     }
 }
 
+/// The profile that claimed an unknown machine, read from the event store in `state` without
+/// creating or changing it (for `pxeforge render`, which must not write).
+pub fn claimed_profile(state: &Path, mac: pxeforge_site::Mac) -> Option<String> {
+    let path = state.join("events.db");
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row(
+        "SELECT profile FROM discovered WHERE mac = ?1",
+        params![mac.to_string()],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .flatten()
+}
+
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Event> {
     Ok(Event {
         id: r.get(0)?,

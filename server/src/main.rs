@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use pxeforge_server::{build_cmd, check, fleetsim, serve, vmtest};
+use pxeforge_server::{build_cmd, check, config, serve};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,7 +33,7 @@ enum Command {
         #[arg(long, default_value = ".")]
         site: PathBuf,
         #[command(flatten)]
-        overrides: serve::Overrides,
+        overrides: config::Overrides,
     },
     /// Validate the whole site and render every template for every host; exit 1 on any error
     Check {
@@ -55,6 +55,10 @@ enum Command {
         /// Base URL to render with (default: server.base_url, or http://<server.http>)
         #[arg(long)]
         base_url: Option<String>,
+        /// State directory to read (a machine a match rule claimed is remembered there; default:
+        /// the site's server.state_dir)
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
         /// Site directory
         #[arg(long, default_value = ".")]
         site: PathBuf,
@@ -64,9 +68,9 @@ enum Command {
     /// Inspect the image store: list, verify checksums, collect old builds
     Images(build_cmd::ImagesArgs),
     /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
-    VmTest(vmtest::VmTestArgs),
+    VmTest(pxeforge_vmtest::VmTestArgs),
     /// Boot a simulated fleet against a real server on loopback and report its capacity
-    FleetSim(fleetsim::FleetSimArgs),
+    FleetSim(pxeforge_fleetsim::FleetSimArgs),
 }
 
 fn init_logging() {
@@ -114,15 +118,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mac,
             platform,
             base_url,
+            state,
             site,
         } => {
-            let out = check::render_one(
-                &site,
-                what,
-                mac.as_deref(),
-                platform.as_deref(),
-                base_url.as_deref(),
-            )?;
+            let overrides = config::Overrides {
+                base_url,
+                state,
+                ..Default::default()
+            };
+            let out =
+                check::render_one(&site, what, mac.as_deref(), platform.as_deref(), &overrides)?;
             print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
@@ -131,8 +136,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
-        Command::VmTest(args) => Ok(ExitCode::from(vmtest::run(&args)?.clamp(0, 255) as u8)),
+        Command::VmTest(args) => Ok(ExitCode::from(
+            pxeforge_vmtest::run(&args)?.clamp(0, 255) as u8
+        )),
         // Must run before any thread or runtime exists: as root it moves into its own namespace.
-        Command::FleetSim(args) => Ok(ExitCode::from(fleetsim::run(&args)?.clamp(0, 255) as u8)),
+        Command::FleetSim(args) => Ok(ExitCode::from(
+            pxeforge_fleetsim::run(&args)?.clamp(0, 255) as u8
+        )),
     }
 }

@@ -1,7 +1,7 @@
 //! Counters exported at `/metrics` in the Prometheus text format.
 
+use pxeforge_promtext::{Kind, Writer};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -38,76 +38,96 @@ impl Metrics {
     }
 
     pub fn write_prometheus(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP pxeforge_http_requests_total HTTP requests by endpoint and status."
+        let mut w = Writer::new(out);
+        let mut requests = w.family(
+            "pxeforge_http_requests_total",
+            Kind::Counter,
+            "HTTP requests by endpoint and status.",
         );
-        let _ = writeln!(out, "# TYPE pxeforge_http_requests_total counter");
         if let Ok(m) = self.requests.lock() {
             let sorted: BTreeMap<(&str, u16), u64> = m
                 .iter()
                 .flat_map(|(r, by)| by.iter().map(move |(s, n)| ((r.as_str(), *s), *n)))
                 .collect();
             for ((route, status), n) in sorted {
-                let _ = writeln!(
-                    out,
-                    "pxeforge_http_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                    escape_label(route)
-                );
+                requests.sample(&[("endpoint", &route), ("status", &status)], n);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP pxeforge_scripts_served_total iPXE host scripts by outcome."
+        let mut scripts = w.family(
+            "pxeforge_scripts_served_total",
+            Kind::Counter,
+            "iPXE host scripts by outcome.",
         );
-        let _ = writeln!(out, "# TYPE pxeforge_scripts_served_total counter");
         if let Ok(m) = self.scripts.lock() {
             for (outcome, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "pxeforge_scripts_served_total{{outcome=\"{outcome}\"}} {n}"
-                );
+                scripts.sample(&[("outcome", outcome)], *n);
             }
         }
-        for (name, help, v) in [
-            (
-                "pxeforge_events_received_total",
-                "Install events stored.",
-                &self.events_received,
-            ),
-            (
-                "pxeforge_events_rejected_total",
-                "Install events refused as malformed or oversized.",
-                &self.events_rejected,
-            ),
-            (
-                "pxeforge_site_reloads_total{result=\"ok\"}",
-                "Site reloads.",
-                &self.reloads_ok,
-            ),
-            (
-                "pxeforge_site_reloads_total{result=\"failed\"}",
-                "",
-                &self.reloads_failed,
-            ),
-            (
-                "pxeforge_http_bytes_sent_total",
-                "File bytes sent over HTTP.",
-                &self.bytes_sent,
-            ),
-        ] {
-            let base = name.split('{').next().unwrap_or(name);
-            if !help.is_empty() {
-                let _ = writeln!(out, "# HELP {base} {help}");
-                let _ = writeln!(out, "# TYPE {base} counter");
-            }
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        w.counter(
+            "pxeforge_events_received_total",
+            "Install events stored.",
+            self.events_received.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "pxeforge_events_rejected_total",
+            "Install events refused as malformed or oversized.",
+            self.events_rejected.load(Ordering::Relaxed),
+        );
+        let mut reloads = w.family(
+            "pxeforge_site_reloads_total",
+            Kind::Counter,
+            "Site reloads.",
+        );
+        for (result, v) in [("ok", &self.reloads_ok), ("failed", &self.reloads_failed)] {
+            reloads.sample(&[("result", &result)], v.load(Ordering::Relaxed));
         }
+        w.counter(
+            "pxeforge_http_bytes_sent_total",
+            "File bytes sent over HTTP.",
+            self.bytes_sent.load(Ordering::Relaxed),
+        );
     }
 }
 
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// What the HTTP transport reports lands in these counters.
+impl pxeforge_httpd::Observer for Metrics {
+    fn bytes_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn request_refused(&self, status: http::StatusCode) {
+        self.request("refused", status.as_u16());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text() {
+        let m = Metrics::default();
+        m.request("/ipxe", 200);
+        m.request("/ipxe", 200);
+        m.request("/x\"y", 404);
+        m.script("host");
+        m.reloads_ok.store(1, Ordering::Relaxed);
+        m.reloads_failed.store(3, Ordering::Relaxed);
+        let mut out = String::new();
+        m.write_prometheus(&mut out);
+        for line in [
+            "pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"200\"} 2\n",
+            "pxeforge_http_requests_total{endpoint=\"/x\\\"y\",status=\"404\"} 1\n",
+            "pxeforge_scripts_served_total{outcome=\"host\"} 1\n",
+            "pxeforge_events_received_total 0\n",
+            "# HELP pxeforge_site_reloads_total Site reloads.\n\
+             # TYPE pxeforge_site_reloads_total counter\n\
+             pxeforge_site_reloads_total{result=\"ok\"} 1\n\
+             pxeforge_site_reloads_total{result=\"failed\"} 3\n",
+            "pxeforge_http_bytes_sent_total 0\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
+        assert_eq!(out.matches("# HELP ").count(), 6, "{out}");
+    }
 }

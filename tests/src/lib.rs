@@ -1,10 +1,9 @@
 //! Harness for the end-to-end tests: runs the real `pxeforge` binary and real clients.
 
-use std::io::{BufRead, BufReader};
+use pxeforge_child::ServeChild;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// The repository root, which is also the example site.
@@ -111,51 +110,23 @@ impl Server {
         if !args.contains(&"--http") {
             cmd.args(["--http", "127.0.0.1:0"]);
         }
-        cmd.args(args)
-            .env("PXEFORGE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(logf);
-        let mut child = cmd.spawn().expect("spawn pxeforge");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+        cmd.args(args).env("PXEFORGE_LOG", "info").stderr(logf);
+        // pxeforge-child reads the startup lines (and keeps stdout drained afterwards).
+        let serve = match ServeChild::start(cmd, Duration::from_secs(60)) {
+            Ok(serve) => serve,
+            Err(e) => {
+                let stdout = e.lines();
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("pxeforge did not become ready: {e}; stdout: {stdout:?}\nlog:\n{log}");
             }
-        });
-        let mut stdout = Vec::new();
-        let (mut http, mut tftp) = (None, None);
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("pxeforge: http listening on ") {
-                        http = a.trim().parse().ok();
-                    }
-                    if let Some(a) = line.strip_prefix("pxeforge: tftp listening on ") {
-                        tftp = a.trim().parse().ok();
-                    }
-                    let ready = line == "pxeforge: ready";
-                    stdout.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let log = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("pxeforge did not become ready; stdout: {stdout:?}\nlog:\n{log}");
-                }
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
+        };
+        // The Server stops the process itself (Drop below), as tests use its `child` directly.
+        let (child, ready) = serve.into_child();
         Server {
             child,
-            http: http.expect("http address line"),
-            tftp,
-            stdout,
+            http: ready.http.expect("http address line"),
+            tftp: ready.tftp,
+            stdout: ready.lines,
             log,
         }
     }

@@ -2,15 +2,19 @@
 //!
 //! Two stages: [`check_name`] is a pure decision on the requested bytes (no `..`, no absolute
 //! paths, no backslashes, no percent-encoded tricks, no NUL or control bytes); [`open_confined`]
-//! then resolves the name on disk, refusing symlinks that lead out of the root and anything that
-//! is not a regular file.
+//! then opens the name on disk through `pxeforge-confine`, which resolves it beneath the root
+//! from a directory descriptor (openat2 `RESOLVE_BENEATH`, or an `O_NOFOLLOW` walk), so that no
+//! symlink swapped in at any moment leads out of the root, and refuses anything that is not a
+//! regular file.
 
 use std::ffi::OsStr;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+
+use pxeforge_confine::{open_beneath, ConfineError};
 
 /// Why a requested name is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +35,8 @@ pub enum Refusal {
     OutsideRoot,
     #[error("not a regular file")]
     NotRegularFile,
+    #[error("symlink loop or too many symlinks")]
+    SymlinkLoop,
 }
 
 /// Longest name accepted (names in a TFTP request are short).
@@ -100,21 +106,29 @@ pub enum OpenError {
     NotFound,
     #[error("permission denied")]
     PermissionDenied,
+    /// Anything else, EMFILE/ENFILE (out of descriptors) included: never reported to the
+    /// client as "file not found".
     #[error("i/o error: {0}")]
     Io(io::Error),
 }
 
-impl From<io::Error> for OpenError {
-    fn from(err: io::Error) -> Self {
-        match err.kind() {
-            io::ErrorKind::NotFound => OpenError::NotFound,
-            io::ErrorKind::PermissionDenied => OpenError::PermissionDenied,
-            _ => match err.raw_os_error() {
-                // A symlink at the last component (O_NOFOLLOW) swapped in after canonicalize.
-                Some(libc::ELOOP) => OpenError::Refused(Refusal::OutsideRoot),
-                Some(libc::ENOTDIR) => OpenError::NotFound,
-                _ => OpenError::Io(err),
-            },
+impl From<ConfineError> for OpenError {
+    fn from(err: ConfineError) -> Self {
+        use pxeforge_confine::Refusal as R;
+        match err {
+            ConfineError::NotFound => OpenError::NotFound,
+            ConfineError::Refused(refusal) => OpenError::Refused(match refusal {
+                R::Absolute => Refusal::Absolute,
+                R::ParentDir => Refusal::ParentDir,
+                R::Nul => Refusal::ControlByte,
+                R::OutsideRoot => Refusal::OutsideRoot,
+                R::SymlinkLoop => Refusal::SymlinkLoop,
+                R::NotRegularFile => Refusal::NotRegularFile,
+            }),
+            ConfineError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                OpenError::PermissionDenied
+            }
+            ConfineError::Io(e) => OpenError::Io(e),
         }
     }
 }
@@ -124,31 +138,31 @@ impl From<io::Error> for OpenError {
 pub struct Opened {
     pub file: File,
     pub metadata: Metadata,
-    /// The canonical path (the key of the memory cache).
+    /// Where the opened file is, symlinks resolved (the key of the memory cache).
     pub path: PathBuf,
 }
 
 /// Opens `name` (already checked by [`check_name`]) under `root`, which must be canonical.
 pub fn open_confined(root: &Path, name: &Path) -> Result<Opened, OpenError> {
-    let canonical = root.join(name).canonicalize()?;
-    if !canonical.starts_with(root) {
-        return Err(Refusal::OutsideRoot.into());
-    }
-    // O_NOFOLLOW: a symlink swapped in after canonicalize is not followed. O_NONBLOCK: opening
-    // a FIFO must not hang the opener; regular files ignore the flag.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&canonical)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        return Err(Refusal::NotRegularFile.into());
-    }
+    let (file, metadata) = open_beneath(root, name)?;
+    let path = opened_path(root, name, &file);
     Ok(Opened {
         file,
         metadata,
-        path: canonical,
+        path,
     })
+}
+
+/// The path of the opened file as the kernel knows it, so that `current/ipxe.efi` and
+/// `build-1/ipxe.efi` share one cache entry. Read from the descriptor, never looked up again by
+/// name; and only a cache key: the cache compares the opened file's own stamp (device, inode,
+/// size, mtime) before serving from memory, so a wrong key can only cost a reload. Without
+/// /proc, the requested name is the key.
+fn opened_path(root: &Path, name: &Path, file: &File) -> PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .filter(|p| p.starts_with(root))
+        .unwrap_or_else(|| root.join(name))
 }
 
 #[cfg(test)]
@@ -243,6 +257,32 @@ mod tests {
             open_confined(&r, Path::new("fifo")),
             Err(OpenError::Refused(Refusal::NotRegularFile))
         ));
+    }
+
+    #[test]
+    fn out_of_descriptors_is_not_not_found() {
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let err = OpenError::from(ConfineError::Io(io::Error::from_raw_os_error(errno)));
+            assert!(
+                matches!(&err, OpenError::Io(e) if e.raw_os_error() == Some(errno)),
+                "{err:?}"
+            );
+        }
+        assert!(matches!(
+            OpenError::from(ConfineError::Io(io::Error::from_raw_os_error(libc::EACCES))),
+            OpenError::PermissionDenied
+        ));
+    }
+
+    #[test]
+    fn symlinked_build_directory_shares_the_cache_key() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().canonicalize().unwrap();
+        std::fs::create_dir_all(r.join("img/build-1")).unwrap();
+        std::fs::write(r.join("img/build-1/ipxe.efi"), b"x").unwrap();
+        std::os::unix::fs::symlink("build-1", r.join("img/current")).unwrap();
+        let opened = open_confined(&r, Path::new("img/current/ipxe.efi")).unwrap();
+        assert_eq!(opened.path, r.join("img/build-1/ipxe.efi"));
     }
 
     mod props {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use crate::cache::{Content, ReadAhead};
 use crate::metrics::TftpMetrics;
 use crate::packet::{self, Packet};
-use crate::session::Stats;
 use crate::transfer::{Action, Event, Outcome, Params, Transfer};
 
 /// Tells a blocking transfer to stop, and wakes it if it sits in `recv`, unless disarmed.
@@ -98,8 +97,7 @@ pub(crate) fn run(
                 retransmit,
             } => {
                 for index in first..=last {
-                    let (n, len) =
-                        crate::session::data_packet(&mut reader, &transfer, index, &mut out)?;
+                    let (n, len) = data_packet(&mut reader, &transfer, index, &mut out)?;
                     send(socket, &out[..n])?;
                     stats.bytes += len as u64;
                     metrics.add_bytes_sent(len as u64);
@@ -167,4 +165,25 @@ fn send(socket: &UdpSocket, datagram: &[u8]) -> std::io::Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
         Err(err) => Err(err),
     }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub bytes: u64,
+    pub retransmitted: u64,
+}
+
+/// Builds DATA packet `index` of `transfer` in `out` (shared by the async and the blocking
+/// lockstep loops); returns the packet's length and its payload's.
+pub(crate) fn data_packet(
+    reader: &mut ReadAhead<'_>,
+    transfer: &Transfer,
+    index: u64,
+    out: &mut [u8],
+) -> std::io::Result<(usize, usize)> {
+    let (offset, len) = transfer.block_range(index);
+    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
+    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
+    reader.read_at(offset, &mut out[4..4 + len])?;
+    Ok((4 + len, len))
 }

@@ -1,6 +1,6 @@
 //! Counters of the TFTP service, rendered in the Prometheus text format.
 
-use std::fmt::Write as _;
+use pxeforge_promtext::{Kind, Writer};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a request ended, as counted in `pxeforge_tftp_transfers_total{outcome=...}`.
@@ -143,75 +143,63 @@ impl TftpMetrics {
 
     /// Appends the counters in the Prometheus text exposition format.
     pub fn write_prometheus(&self, out: &mut String) {
-        out.push_str("# HELP pxeforge_tftp_transfers_total TFTP requests by how they ended.\n");
-        out.push_str("# TYPE pxeforge_tftp_transfers_total counter\n");
-        for ended in Ended::ALL {
-            let _ = writeln!(
-                out,
-                "pxeforge_tftp_transfers_total{{outcome=\"{}\"}} {}",
-                ended.as_str(),
-                self.transfers(ended)
-            );
-        }
-        let scalars = [
-            (
-                "pxeforge_tftp_active_transfers",
-                "gauge",
-                "TFTP transfers in progress.",
-                self.active_transfers(),
-            ),
-            (
-                "pxeforge_tftp_bytes_sent_total",
-                "counter",
-                "Payload bytes sent in DATA packets, retransmissions included.",
-                self.bytes_sent(),
-            ),
-            (
-                "pxeforge_tftp_blocks_retransmitted_total",
-                "counter",
-                "DATA blocks sent again after a timeout.",
-                self.blocks_retransmitted(),
-            ),
-            (
-                "pxeforge_tftp_cache_hits_total",
-                "counter",
-                "Transfers served from the memory cache.",
-                self.cache_hits.load(Ordering::Relaxed),
-            ),
-            (
-                "pxeforge_tftp_cache_misses_total",
-                "counter",
-                "Transfers that read their file from disk.",
-                self.cache_misses.load(Ordering::Relaxed),
-            ),
-            (
-                "pxeforge_tftp_cache_bytes",
-                "gauge",
-                "Bytes of file content held in the memory cache.",
-                self.cache_bytes.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, value) in scalars {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        let name = "pxeforge_tftp_transfer_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Duration of completed transfers.\n# TYPE {name} histogram"
+        let mut w = Writer::new(out);
+        let mut transfers = w.family(
+            "pxeforge_tftp_transfers_total",
+            Kind::Counter,
+            "TFTP requests by how they ended.",
         );
-        let mut cumulative = 0;
+        for ended in Ended::ALL {
+            transfers.sample(&[("outcome", &ended.as_str())], self.transfers(ended));
+        }
+        w.gauge(
+            "pxeforge_tftp_active_transfers",
+            "TFTP transfers in progress.",
+            self.active_transfers(),
+        );
+        w.counter(
+            "pxeforge_tftp_bytes_sent_total",
+            "Payload bytes sent in DATA packets, retransmissions included.",
+            self.bytes_sent(),
+        );
+        w.counter(
+            "pxeforge_tftp_blocks_retransmitted_total",
+            "DATA blocks sent again after a timeout.",
+            self.blocks_retransmitted(),
+        );
+        w.counter(
+            "pxeforge_tftp_cache_hits_total",
+            "Transfers served from the memory cache.",
+            self.cache_hits.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "pxeforge_tftp_cache_misses_total",
+            "Transfers that read their file from disk.",
+            self.cache_misses.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "pxeforge_tftp_cache_bytes",
+            "Bytes of file content held in the memory cache.",
+            self.cache_bytes.load(Ordering::Relaxed),
+        );
+        // The last counter is the +Inf bucket: observations above every bound.
+        let mut cumulative = [0; DURATION_BUCKETS.len()];
+        let mut count = 0;
         for (i, counter) in self.duration_buckets.iter().enumerate() {
-            cumulative += counter.load(Ordering::Relaxed);
-            let le = DURATION_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            count += counter.load(Ordering::Relaxed);
+            if let Some(c) = cumulative.get_mut(i) {
+                *c = count;
+            }
         }
         let sum = self.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        w.histogram(
+            "pxeforge_tftp_transfer_duration_seconds",
+            "Duration of completed transfers.",
+            &DURATION_BUCKETS,
+            &cumulative,
+            sum,
+            count,
+        );
     }
 }
 

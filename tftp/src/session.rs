@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, Content, ReadAhead, Source};
 use crate::confine::{check_name, open_confined, OpenError};
-use crate::lockstep::{self, CancelOnDrop};
+use crate::lockstep::{self, data_packet, CancelOnDrop, Stats};
 use crate::metrics::{Ended, TftpMetrics};
 use crate::netascii;
 use crate::options::{blksize_for_mtu, negotiate, Limits};
@@ -263,12 +263,6 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
     .map_err(|_| LoadError::Join)?
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub bytes: u64,
-    pub retransmitted: u64,
-}
-
 /// Runs a transfer on the blocking pool with a duplicate of `socket`; if this future is
 /// dropped (shutdown, or a new request from the client port), the thread is told to stop.
 async fn run_on_thread(
@@ -392,19 +386,4 @@ pub(crate) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
         ));
     }
     Ok(canonical)
-}
-
-/// Builds DATA packet `index` of `transfer` in `out` (shared by the async and the blocking
-/// lockstep loops); returns the packet's length and its payload's.
-pub(crate) fn data_packet(
-    reader: &mut ReadAhead<'_>,
-    transfer: &Transfer,
-    index: u64,
-    out: &mut [u8],
-) -> std::io::Result<(usize, usize)> {
-    let (offset, len) = transfer.block_range(index);
-    out[..2].copy_from_slice(&packet::OP_DATA.to_be_bytes());
-    out[2..4].copy_from_slice(&Transfer::wire_block(index).to_be_bytes());
-    reader.read_at(offset, &mut out[4..4 + len])?;
-    Ok((4 + len, len))
 }

@@ -73,7 +73,8 @@ impl Site {
     }
     pub fn profile(&self, name: &str, text: &str) -> ib::ProfileLayer {
         self.write(&format!("profiles/{name}.toml"), text);
-        ib::profile_layer_from_toml(name, text).unwrap()
+        let profile = pxeforge_site::parse_profile_text(name, text).unwrap();
+        ib::ProfileLayer::from(&profile)
     }
     pub fn recipe(&self, name: &str) -> ib::Recipe {
         let (recipes, diags) = ib::load_recipes(self.dir());

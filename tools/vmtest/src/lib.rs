@@ -1,1 +1,627 @@
-//! pxeforge vm-test: boot a profile in a QEMU VM on a private network
+//! `pxeforge vm-test`: boots a QEMU VM from the network against this site, in a private network
+//! namespace, and reports how far it got and how long each stage took.
+//!
+//! One run: namespace + bridge + tap (and dnsmasq in a second namespace for proxy mode) →
+//! `pxeforge serve` bound to the bridge → QEMU (TCG) → follow the serial console, the serve log
+//! and `/api/hosts` → end on the host's `finished` (exit 0), `failed`, a local boot or the
+//! timeout (exit 1). Everything it started is stopped and removed on every exit, Ctrl-C included.
+
+pub mod api;
+pub mod child;
+pub mod dnsmasq;
+pub mod needs;
+pub mod netns;
+pub mod qemu;
+pub mod report;
+pub mod target;
+pub mod timeline;
+
+use anyhow::{bail, Context, Result};
+use api::{HostEvent, Poll};
+use child::{ChildGuard, Line, Source};
+use pxeforge_child::{ServeChild, StartError};
+use pxeforge_site::host::parse_cidr;
+use pxeforge_site::Site;
+use report::{EventSeen, Outcome, Report};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timeline::{secs, Stage, Timeline};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE option ROM on the NIC
+    Bios,
+    /// OVMF with the NIC's option ROM disabled: the firmware's own PXE client
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmDhcp {
+    /// dnsmasq (addresses only) beside pxeforge's proxyDHCP
+    Proxy,
+    /// pxeforge alone hands out the addresses
+    Reservation,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmTestArgs {
+    /// Profile to test (its firmware; the VM plays the first host to install with this profile)
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Host of the site the VM plays (its first MAC)
+    #[arg(long, conflicts_with = "mac")]
+    pub host: Option<String>,
+    /// MAC address of the VM (a host of the site, or an unknown machine)
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Firmware of the VM (default: the profile's; bios for `both` or an unknown machine)
+    #[arg(long, value_enum)]
+    pub firmware: Option<Firmware>,
+    /// Seconds until the run is given up (a TCG boot takes about 30 s)
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Site directory
+    #[arg(long, default_value = ".")]
+    pub site: PathBuf,
+    /// State directory for the boot service (default: the site's); images are served from it
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Directory served at /assets/ (default: the site's), e.g. where the test installer is staged
+    #[arg(long, value_name = "DIR", conflicts_with = "installer")]
+    pub assets: Option<PathBuf>,
+    /// Serve the kernel and initramfs of this built recipe (e.g. test-installer) as the boot
+    /// tree `/assets/installer/images/pxeboot/` (the assets folder then holds only that)
+    #[arg(long, value_name = "RECIPE")]
+    pub installer: Option<String>,
+    /// Folder for report.txt, report.json, serial.log, serve.log, dnsmasq.log and the VM's disk
+    #[arg(long, value_name = "DIR", default_value = "vm-test-out")]
+    pub out: PathBuf,
+    /// Who hands out addresses: dnsmasq beside pxeforge's proxyDHCP, or pxeforge alone
+    #[arg(long, value_enum, default_value_t = VmDhcp::Proxy)]
+    pub dhcp: VmDhcp,
+    /// The boot server's address on the test bridge (inside the namespace only)
+    #[arg(long, default_value = "10.77.0.1/24", value_name = "ADDR/PREFIX")]
+    pub address: String,
+    /// VM memory in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// Size of the VM's (empty, sparse) disk in MiB
+    #[arg(long, default_value_t = 256)]
+    pub disk_mib: u64,
+    /// The pxeforge binary that serves the boot (default: this one)
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub serve_exe: Option<PathBuf>,
+}
+
+const HTTP_PORT: u16 = 8080;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C and TERM end the run through the normal path, so that every guard cleans up.
+fn catch_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &act) };
+    }
+}
+
+/// Runs one VM boot and returns the process exit code (0 only when the host reported `finished`).
+pub fn run(args: &VmTestArgs) -> Result<i32> {
+    let (server, prefix) = parse_cidr(&args.address)
+        .map_err(|e| anyhow::anyhow!("--address {}: {e}", args.address))?;
+    if !(8..=24).contains(&prefix) {
+        bail!(
+            "--address {}: the test network needs a prefix from /8 to /24",
+            args.address
+        );
+    }
+    let site_dir = args
+        .site
+        .canonicalize()
+        .with_context(|| format!("site directory {}", args.site.display()))?;
+    let site = Site::load(&site_dir).map_err(|e| {
+        for d in &e.0 {
+            eprintln!("{d}");
+        }
+        anyhow::anyhow!("{e} in {}", site_dir.display())
+    })?;
+    let target = target::resolve(
+        &site,
+        args.host.as_deref(),
+        args.mac.as_deref(),
+        args.profile.as_deref(),
+        args.firmware,
+    )?;
+    // The settings' state directory, relative to the site (what `serve` uses without --state).
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| site.dir.join(&site.settings.server.state_dir));
+    drop(site);
+
+    let facts = needs::probe();
+    let missing = needs::missing(&facts, target.firmware, args.dhcp == VmDhcp::Proxy);
+    if !missing.is_empty() {
+        eprintln!("pxeforge vm-test: cannot boot a VM here:");
+        for m in &missing {
+            eprintln!("  missing {}: {}", m.what, m.package);
+        }
+        let pkgs: Vec<&str> = missing
+            .iter()
+            .filter_map(|m| m.package.strip_prefix("apt-get install "))
+            .collect();
+        if !pkgs.is_empty() {
+            eprintln!(
+                "  on Debian: apt-get install {} (or scripts/install-deps.sh for everything)",
+                pkgs.join(" ")
+            );
+        }
+        return Ok(2);
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let disk = out.join("disk.raw");
+    // A fresh, sparse, all-zero disk: what the host installs onto, checked from outside later.
+    let _ = std::fs::remove_file(&disk);
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(args.disk_mib * 1024 * 1024))
+        .with_context(|| format!("creating {}", disk.display()))?;
+    let ovmf = match (&target.firmware, &facts.ovmf) {
+        (Firmware::Uefi, Some((code, vars))) => {
+            let copy = out.join("OVMF_VARS.fd");
+            std::fs::copy(vars, &copy).with_context(|| format!("copying {}", vars.display()))?;
+            Some((code.clone(), copy))
+        }
+        _ => None,
+    };
+
+    let assets = match &args.installer {
+        Some(recipe) => Some(stage_installer(
+            &state_dir,
+            recipe,
+            target.profile.as_deref(),
+            &out,
+        )?),
+        None => args.assets.clone(),
+    };
+
+    catch_signals();
+    let mut session = Session::start(args, assets.as_deref(), &out, &target, server, prefix)?;
+    let outcome = session.follow(args, &target, &disk, ovmf, &facts)?;
+    let report = session.finish(args, &target, &out, &disk, outcome);
+    let text = report.render();
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(out.join("report.txt"), &text)?;
+    print!("{text}");
+    Ok(report.exit_code)
+}
+
+/// What one run has started. Field order is drop order: VM, service, DHCP server, namespaces.
+struct Session {
+    qemu: Option<ChildGuard>,
+    serve: Option<ServeChild>,
+    dnsmasq: Option<ChildGuard>,
+    poll_stop: Arc<AtomicBool>,
+    netns: netns::Netns,
+    lines: mpsc::Receiver<Line>,
+    tx: mpsc::Sender<Line>,
+    polls: mpsc::Receiver<Poll>,
+    logs: Logs,
+    timeline: Timeline,
+    events: Vec<EventSeen>,
+    baseline: i64,
+    start: Instant,
+    reason: String,
+}
+
+struct Logs {
+    serial: std::fs::File,
+    serve: std::fs::File,
+    dnsmasq: std::fs::File,
+}
+
+impl Logs {
+    fn write(&mut self, l: &Line) {
+        let f = match l.source {
+            Source::Serial => &mut self.serial,
+            Source::Serve => &mut self.serve,
+            Source::Dnsmasq => &mut self.dnsmasq,
+        };
+        let _ = writeln!(f, "{}", l.text);
+    }
+}
+
+impl Session {
+    fn start(
+        args: &VmTestArgs,
+        assets: Option<&Path>,
+        out: &Path,
+        target: &target::Target,
+        server: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<Session> {
+        let net = u32::from(server) & (u32::MAX << (32 - prefix));
+        let at = |n: u32| Ipv4Addr::from(net + n);
+        let dhcp_server = (args.dhcp == VmDhcp::Proxy).then(|| at(2));
+        let netns = netns::Netns::create(std::process::id(), server, prefix, dhcp_server)?;
+        let (tx, lines) = mpsc::channel();
+        let (ptx, polls) = mpsc::channel();
+        let create = |name: &str| {
+            std::fs::File::create(out.join(name)).with_context(|| format!("creating {name}"))
+        };
+        let mut s = Session {
+            qemu: None,
+            serve: None,
+            dnsmasq: None,
+            poll_stop: Arc::new(AtomicBool::new(false)),
+            netns,
+            lines,
+            tx,
+            polls,
+            logs: Logs {
+                serial: create("serial.log")?,
+                serve: create("serve.log")?,
+                dnsmasq: create("dnsmasq.log")?,
+            },
+            timeline: Timeline::default(),
+            events: Vec::new(),
+            baseline: 0,
+            start: Instant::now(),
+            reason: String::new(),
+        };
+        if let Some(dns) = s.netns.dhcp_ns.clone() {
+            let netmask = pxeforge_site::host::netmask(prefix);
+            let leases = out.join("dnsmasq.leases");
+            let _ = std::fs::remove_file(&leases);
+            let mut cmd = netns::Netns::command(&dns, "dnsmasq");
+            cmd.args(dnsmasq::args(
+                netns::VETH_DHCP_SIDE,
+                at(100),
+                at(150),
+                netmask,
+                &leases,
+            ));
+            s.dnsmasq = Some(ChildGuard::spawn("dnsmasq", cmd, Source::Dnsmasq, &s.tx)?);
+        }
+
+        let exe = match &args.serve_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("locating the pxeforge binary")?,
+        };
+        let mut cmd = netns::Netns::command(&s.netns.name, &exe.to_string_lossy());
+        cmd.arg("serve").arg("--site").arg(&args.site);
+        cmd.args([
+            "--http",
+            &format!("{server}:{HTTP_PORT}"),
+            "--tftp",
+            &format!("{server}:69"),
+        ]);
+        let mode = match args.dhcp {
+            VmDhcp::Proxy => "proxy",
+            VmDhcp::Reservation => "reservation",
+        };
+        cmd.args(["--dhcp", mode, "--dhcp-interface", netns::BRIDGE]);
+        if let Some(state) = &args.state {
+            cmd.arg("--state").arg(state);
+        }
+        if let Some(assets) = assets {
+            cmd.arg("--assets").arg(assets);
+        }
+        cmd.env("PXEFORGE_LOG", "info");
+        s.serve = Some(child::spawn_serve(cmd, &s.tx)?);
+        s.wait_ready()?;
+
+        let addr = SocketAddr::from((server, HTTP_PORT));
+        let (mac, stop) = (target.mac.to_string(), s.poll_stop.clone());
+        netns::spawn_in(&s.netns.name, move || {
+            api::poll_loop(addr, mac, Duration::from_millis(500), stop, ptx)
+        })?;
+        s.baseline = s.first_poll()?.map(|e| e.id).unwrap_or(0);
+        Ok(s)
+    }
+
+    /// Until the service prints `pxeforge: ready`.
+    fn wait_ready(&mut self) -> Result<()> {
+        const READY_WITHIN: Duration = Duration::from_secs(30);
+        let Some(serve) = self.serve.as_mut() else {
+            bail!("pxeforge serve was not started");
+        };
+        let dnsmasq = &mut self.dnsmasq;
+        let ready = serve.wait_ready_or(READY_WITHIN, || {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return Some("interrupted".into());
+            }
+            let st = dnsmasq.as_mut().and_then(|c| c.exited())?;
+            Some(format!("dnsmasq exited ({st}); see dnsmasq.log"))
+        });
+        let err = ready.err();
+        if matches!(err, Some(StartError::Exited { .. })) {
+            // Let the last lines arrive before quoting them.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // What every process printed so far belongs in the logs; a failure quotes the service's.
+        let mut tail: Vec<String> = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            self.logs.write(&l);
+            if l.source == Source::Serve {
+                tail.push(l.text);
+            }
+        }
+        let quote = || last(&tail, 12).join("\n  ");
+        match err {
+            None => Ok(()),
+            Some(StartError::Exited {
+                status: Some(st), ..
+            }) => bail!(
+                "pxeforge serve exited ({st}) before it was ready:\n  {}",
+                quote()
+            ),
+            Some(StartError::Timeout { .. }) => bail!(
+                "pxeforge serve was not ready within {} s:\n  {}",
+                READY_WITHIN.as_secs(),
+                quote()
+            ),
+            Some(StartError::Aborted { reason, .. }) => bail!("{reason}"),
+            Some(e) => bail!("pxeforge serve did not become ready: {e}:\n  {}", quote()),
+        }
+    }
+
+    /// The event the server already held for this MAC before the VM started (older runs).
+    fn first_poll(&mut self) -> Result<Option<HostEvent>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last_err = String::from("no answer");
+        while Instant::now() < deadline {
+            match self.polls.recv_timeout(Duration::from_millis(500)) {
+                Ok(Poll { result: Ok(ev), .. }) => return Ok(ev),
+                Ok(Poll { result: Err(e), .. }) => last_err = e,
+                Err(_) => {}
+            }
+        }
+        bail!("the boot service's /api/hosts did not answer: {last_err}")
+    }
+
+    fn follow(
+        &mut self,
+        args: &VmTestArgs,
+        target: &target::Target,
+        disk: &Path,
+        ovmf: Option<(PathBuf, PathBuf)>,
+        facts: &needs::Facts,
+    ) -> Result<Outcome> {
+        let bios_rom = facts
+            .bios_rom
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(needs::BIOS_ROM));
+        let mac = target.mac.to_string();
+        let spec = qemu::VmSpec {
+            firmware: target.firmware,
+            mac: &mac,
+            tap: netns::TAP,
+            memory_mib: args.memory,
+            disk,
+            bios_rom: &bios_rom,
+            ovmf,
+        };
+        let mut cmd = netns::Netns::command(&self.netns.name, "qemu-system-x86_64");
+        cmd.args(qemu::args(&spec));
+        self.start = Instant::now();
+        self.qemu = Some(ChildGuard::spawn("qemu", cmd, Source::Serial, &self.tx)?);
+        let deadline = self.start + Duration::from_secs(args.timeout);
+        let mut failed_at: Option<Instant> = None;
+        let mut vm_gone_at: Option<Instant> = None;
+        loop {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                self.reason = "interrupted".into();
+                return Ok(Outcome::Interrupted);
+            }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.logs.write(&l);
+                if self.timeline.observe(self.start, &l) == Some(Stage::LocalBoot) {
+                    self.reason = format!(
+                        "no network install: the firmware went on to look for a local disk (last network stage: {})",
+                        self.last_stage(Some(Stage::LocalBoot))
+                    );
+                    return Ok(Outcome::LocalBoot);
+                }
+            }
+            while let Ok(p) = self.polls.try_recv() {
+                let Ok(Some(ev)) = p.result else { continue };
+                if ev.id <= self.baseline || self.events.last().is_some_and(|e| e.event.id == ev.id)
+                {
+                    continue;
+                }
+                let at = secs(p.at.saturating_duration_since(self.start));
+                self.events.push(EventSeen {
+                    at_secs: at,
+                    event: ev.clone(),
+                });
+                match ev.status.as_str() {
+                    "finished" => return Ok(Outcome::Finished),
+                    "failed" => {
+                        // The installer may follow with a more precise reason before it powers off.
+                        self.reason = format!("{}: {}", ev.stage, ev.message);
+                        failed_at.get_or_insert(Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if vm_gone_at.is_none() && self.qemu.as_mut().and_then(|q| q.exited()).is_some() {
+                vm_gone_at = Some(now);
+            }
+            if let Some(t) = failed_at {
+                if vm_gone_at.is_some_and(|g| now > g + Duration::from_secs(1))
+                    || now > t + Duration::from_secs(15)
+                {
+                    return Ok(Outcome::Failed);
+                }
+            } else if vm_gone_at.is_some_and(|g| now > g + Duration::from_secs(2)) {
+                self.reason = format!(
+                    "the VM stopped without the host reporting finished or failed (last stage: {})",
+                    self.last_stage(None)
+                );
+                return Ok(Outcome::Stopped);
+            }
+            if now > deadline {
+                self.reason = format!(
+                    "no finished or failed event within {} s (last stage: {})",
+                    args.timeout,
+                    self.last_stage(None)
+                );
+                return Ok(Outcome::Timeout);
+            }
+        }
+    }
+
+    /// The latest stage seen (other than `except`), for reasons that say how far the boot got.
+    fn last_stage(&self, except: Option<Stage>) -> String {
+        self.timeline
+            .marks()
+            .iter()
+            .rev()
+            .find(|m| Some(m.stage) != except)
+            .map(|m| format!("{} at {:.1}s", m.stage.label(), m.at_secs))
+            .unwrap_or_else(|| "none".into())
+    }
+
+    /// Stops everything in order and assembles the report.
+    fn finish(
+        &mut self,
+        args: &VmTestArgs,
+        target: &target::Target,
+        out: &Path,
+        disk: &Path,
+        outcome: Outcome,
+    ) -> Report {
+        let duration = secs(self.start.elapsed());
+        if let Some(q) = self.qemu.as_mut() {
+            q.stop();
+        }
+        if let Some(s) = self.serve.as_mut() {
+            s.stop(child::STOP_GRACE);
+        }
+        if let Some(d) = self.dnsmasq.as_mut() {
+            d.stop();
+        }
+        self.poll_stop.store(true, Ordering::Relaxed);
+        // Lines still in flight belong in the logs.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+            self.logs.write(&l);
+            self.timeline.observe(self.start, &l);
+        }
+        Report {
+            host: target.host.clone(),
+            mac: target.mac.to_string(),
+            profile: target.profile.clone(),
+            firmware: format!("{:?}", target.firmware).to_lowercase(),
+            dhcp: format!("{:?}", args.dhcp).to_lowercase(),
+            outcome,
+            reason: self.reason.clone(),
+            exit_code: outcome.exit_code(),
+            duration_secs: duration,
+            stages: self.timeline.marks(),
+            events: self.events.clone(),
+            serial_log: out.join("serial.log").display().to_string(),
+            disk: disk.display().to_string(),
+        }
+    }
+}
+
+/// Copies the current build of `recipe` (the profile's, else any profile's: an installer does not
+/// depend on the machine) to `<out>/assets/installer/images/pxeboot/{vmlinuz,initrd.img}`, the
+/// layout of an install tree, and returns the assets folder to serve.
+fn stage_installer(
+    state: &Path,
+    recipe: &str,
+    profile: Option<&str>,
+    out: &Path,
+) -> Result<PathBuf> {
+    let recipe_dir = state.join("images").join(recipe);
+    let mut candidates: Vec<PathBuf> = profile.map(|p| recipe_dir.join(p)).into_iter().collect();
+    if let Ok(rd) = std::fs::read_dir(&recipe_dir) {
+        let mut others: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        others.sort();
+        candidates.extend(others);
+    }
+    let Some(build) = candidates
+        .iter()
+        .map(|d| d.join("current"))
+        .find(|c| c.join("vmlinuz").is_file() && c.join("initramfs.img").is_file())
+    else {
+        bail!(
+            "no published build of {recipe:?} with vmlinuz and initramfs.img under {} (run: pxeforge build {recipe})",
+            recipe_dir.display()
+        );
+    };
+    let assets = out.join("assets");
+    let tree = assets.join("installer/images/pxeboot");
+    std::fs::create_dir_all(&tree)?;
+    for (from, to) in [("vmlinuz", "vmlinuz"), ("initramfs.img", "initrd.img")] {
+        std::fs::copy(build.join(from), tree.join(to))
+            .with_context(|| format!("staging {}", build.join(from).display()))?;
+    }
+    Ok(assets)
+}
+
+fn last(v: &[String], n: usize) -> &[String] {
+    &v[v.len().saturating_sub(n)..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(state: &Path, recipe: &str, profile: &str, kernel: &str) {
+        let build = state.join("images").join(recipe).join(profile).join("b1");
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(build.join("vmlinuz"), kernel).unwrap();
+        std::fs::write(build.join("initramfs.img"), "initramfs").unwrap();
+        std::os::unix::fs::symlink("b1", build.parent().unwrap().join("current")).unwrap();
+    }
+
+    #[test]
+    fn installer_is_staged_as_an_install_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+        publish(&state, "test-installer", "qemu-bios", "bios kernel");
+        publish(&state, "test-installer", "qemu-uefi", "uefi kernel");
+        let tree = |a: &Path| a.join("installer/images/pxeboot");
+        // The profile's own build first ...
+        let a = stage_installer(&state, "test-installer", Some("qemu-uefi"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("vmlinuz")).unwrap(),
+            "uefi kernel"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("initrd.img")).unwrap(),
+            "initramfs"
+        );
+        // ... else any profile's: the installer does not depend on the machine.
+        let a = stage_installer(&state, "test-installer", Some("other"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree(&a).join("vmlinuz")).unwrap(),
+            "bios kernel"
+        );
+        let e = stage_installer(&state, "missing", None, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pxeforge build missing"), "{e}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP endpoints of the boot service: one handler per endpoint, the catalog behind an
+//! `ArcSwap` so that a reload never blocks or drops a request in flight. The transport
+//! (`pxeforge-httpd`) owns the connections (framing, keep-alive, sendfile); the axum `Router`
+//! only routes.
+
+pub mod events;
+pub mod scripts;
+pub mod state;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use pxeforge_httpd::files;
+pub use state::{AppState, MetricsWriter, Shared};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(scripts::bootstrap))
+        .route("/ipxe", get(scripts::host_script))
+        .route("/ks", get(scripts::kickstart_by_headers))
+        .route("/ks/{mac}", get(scripts::kickstart))
+        .route("/events", axum::routing::post(events::post_event))
+        .route("/api/hosts", get(events::api_hosts))
+        .route("/assets/{*path}", get(assets))
+        .route("/tftp/{*path}", get(tftp_files))
+        .route("/images/{recipe}/{profile}/{id}/{*file}", get(images))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and logs every request by its route pattern (bounded labels) and status.
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics.request(&route, status);
+    tracing::info!(
+        target: "pxeforge::http",
+        %method,
+        path = %uri.path(),
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn assets(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(&st.assets_dir, &path, &method, &headers)
+}
+
+async fn tftp_files(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(&st.tftp_root, &path, &method, &headers)
+}
+
+async fn images(
+    State(st): State<AppState>,
+    axum::extract::Path((recipe, profile, id, file)): axum::extract::Path<(
+        String,
+        String,
+        String,
+        String,
+    )>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    for part in [&recipe, &profile, &id] {
+        if part.is_empty() || part.starts_with('.') || part.contains(['/', '\\', '\0']) {
+            return (StatusCode::BAD_REQUEST, "bad image path\n").into_response();
+        }
+    }
+    // `current` is a relative symlink to a build id inside the same directory, which
+    // files::open_confined follows without leaving the store.
+    let root = st.state_dir.join("images");
+    let rel = format!("{recipe}/{profile}/{id}/{file}");
+    files::serve(&root, &rel, &method, &headers)
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut out = String::new();
+    st.metrics.write_prometheus(&mut out);
+    for w in st.extra_metrics.iter() {
+        w(&mut out);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,188 @@
+//! `pxeforge.toml`: where the service listens, what it advertises, and site-wide install settings.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub tftp: TftpSettings,
+    pub dhcp: DhcpSettings,
+    pub install: InstallSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub http: SocketAddr,
+    /// What hosts are told to fetch from. Empty: derived per request from the Host header
+    /// (so one server answers correctly on every interface), or from `http` offline.
+    pub base_url: String,
+    pub state_dir: PathBuf,
+    pub assets_dir: PathBuf,
+    /// Largest accepted POST /events body.
+    pub max_event_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            base_url: String::new(),
+            state_dir: PathBuf::from("state"),
+            assets_dir: PathBuf::from("assets"),
+            max_event_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TftpSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+}
+
+impl Default for TftpSettings {
+    fn default() -> Self {
+        TftpSettings {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6969)),
+            root: PathBuf::from("/usr/lib/ipxe"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    #[default]
+    Off,
+    Proxy,
+    Reservation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpSettings {
+    pub mode: DhcpMode,
+    pub interface: String,
+    pub lease_time_secs: u32,
+    pub boot_files: BootFiles,
+    pub pool: Option<PoolSettings>,
+}
+
+impl Default for DhcpSettings {
+    fn default() -> Self {
+        DhcpSettings {
+            mode: DhcpMode::Off,
+            interface: String::new(),
+            lease_time_secs: 3600,
+            boot_files: BootFiles::default(),
+            pool: None,
+        }
+    }
+}
+
+/// First-stage boot file per firmware class, relative to the TFTP root: the one table of
+/// defaults, used by the settings and by the DHCP service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootFiles {
+    pub bios: String,
+    pub efi_x64: String,
+    pub efi_ia32: String,
+    pub arm64: String,
+    /// UEFI HTTP boot (x86-64, arch 16): served over HTTP at `<base>/tftp/<file>`.
+    pub http_boot: String,
+    /// UEFI HTTP boot on ARM64 (arch 19); unset: the `arm64` file over HTTP.
+    pub http_boot_arm64: Option<String>,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles {
+            bios: "undionly.kpxe".into(),
+            efi_x64: "snponly.efi".into(),
+            efi_ia32: "ipxe-i386.efi".into(),
+            arm64: "ipxe-arm64.efi".into(),
+            http_boot: "ipxe.efi".into(),
+            http_boot_arm64: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub prefix: u8,
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownHostPolicy {
+    /// Exit iPXE so the firmware boots the next device (the local disk).
+    #[default]
+    Local,
+    /// Record the machine's facts as an event and retry later.
+    Discover,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstallSettings {
+    pub unknown_hosts: UnknownHostPolicy,
+    /// Seconds a discovered machine waits before asking again.
+    pub discover_retry_secs: u32,
+    /// Not in the template context as `install.releases`: templates get the host's own
+    /// release as `release`, `repo`, `kernel_url`, ...; leaving the table out keeps the
+    /// per-request context small.
+    #[serde(skip_serializing)]
+    pub releases: BTreeMap<String, ReleaseSettings>,
+    pub admin_user: String,
+    pub ssh_keys: Vec<String>,
+    pub timezone: String,
+    pub lang: String,
+    pub keyboard: String,
+}
+
+impl Default for InstallSettings {
+    fn default() -> Self {
+        InstallSettings {
+            unknown_hosts: UnknownHostPolicy::Local,
+            discover_retry_secs: 60,
+            releases: BTreeMap::new(),
+            admin_user: "admin".into(),
+            ssh_keys: Vec::new(),
+            timezone: "Etc/UTC".into(),
+            lang: "en_US.UTF-8".into(),
+            keyboard: "us".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSettings {
+    /// The install tree (`inst.repo=`); `{base_url}` is replaced by the server's advertised URL,
+    /// so a mirror under `assets/` can be named without knowing the address hosts will use.
+    pub repo: String,
+    /// Where `images/pxeboot/vmlinuz` and `initrd.img` are fetched from; defaults to `repo`.
+    #[serde(default)]
+    pub boot_tree: Option<String>,
+    /// Extra repositories added with `repo --name=... --baseurl=...`.
+    #[serde(default)]
+    pub extra_repos: BTreeMap<String, String>,
+}

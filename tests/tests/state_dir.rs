@@ -1,0 +1,129 @@
+//! `serve --state X` and `render --state X`: the store that is checked at load is the store that
+//! is served, and `render` reads the same state as the handlers.
+
+use pxeforge_tests::{copy_example_site, pxeforge, sha256_hex, Server};
+use std::path::Path;
+
+const BIOS_MAC: &str = "52:54:00:00:10:01";
+
+/// The example site with `qemu-bios` installing a built image (`tarimage`, a tar output).
+fn image_site(site: &Path) {
+    copy_example_site(site);
+    std::fs::write(
+        site.join("images/tarimage.toml"),
+        "profiles = [\"qemu-bios\"]\noutputs = [\"tar\"]\n[base]\nscratch = true\n",
+    )
+    .expect("recipe");
+    let p = site.join("profiles/qemu-bios.toml");
+    let text = std::fs::read_to_string(&p).expect("profile");
+    let text = text.replace(
+        "boot = \"install\"",
+        "boot = \"image\"\nimage = \"tarimage\"",
+    );
+    std::fs::write(&p, text).expect("profile");
+}
+
+/// A published build of `tarimage` for `qemu-bios` in `state`, laid out as the builder does.
+fn publish(state: &Path, tar: &[u8]) {
+    let dir = state.join("images/tarimage/qemu-bios");
+    let build = dir.join("build-1");
+    std::fs::create_dir_all(&build).expect("build dir");
+    std::fs::write(build.join("root.tar"), tar).expect("tar");
+    std::fs::write(
+        build.join("SHA256SUMS"),
+        format!("{}  root.tar\n", sha256_hex(tar)),
+    )
+    .expect("sums");
+    std::os::unix::fs::symlink("build-1", dir.join("current")).expect("current");
+}
+
+#[test]
+fn serve_with_state_checks_and_serves_that_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("site");
+    image_site(&site);
+    let state = dir.path().join("elsewhere");
+    let tar = vec![7u8; 10240];
+    publish(&state, &tar);
+    let server = Server::start(&site, &["--no-tftp", "--state", state.to_str().unwrap()]);
+    let log = server.log_text();
+    let stdout = server.stdout.join("\n");
+    // The site's own state directory has no build; the one named by --state does.
+    for text in [&log, &stdout] {
+        assert!(
+            !text.contains("no published build"),
+            "the store in --state was not the one checked:\n{text}"
+        );
+    }
+    let c = reqwest::blocking::Client::new();
+    let ks = c
+        .get(server.url(&format!("/ks/{BIOS_MAC}")))
+        .send()
+        .expect("GET /ks")
+        .text()
+        .expect("body");
+    assert!(
+        ks.contains(&format!("--checksum={}", sha256_hex(&tar))),
+        "{ks}"
+    );
+    let url = "/images/tarimage/qemu-bios/build-1/root.tar";
+    assert!(ks.contains(url), "{ks}");
+    let got = c.get(server.url(url)).send().expect("GET image");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().expect("bytes").as_ref(), tar.as_slice());
+}
+
+/// `pxeforge render kickstart` for a machine that a profile's match rule claimed prints what
+/// `/ks/MAC` serves it: both go through the same selection, which reads the claim from the
+/// state store.
+#[test]
+fn render_kickstart_of_a_claimed_machine_is_what_ks_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("site");
+    copy_example_site(&site);
+    let state = dir.path().join("state");
+    let base = "http://pxe.example:8080";
+    let server = Server::start(
+        &site,
+        &[
+            "--no-tftp",
+            "--state",
+            state.to_str().unwrap(),
+            "--base-url",
+            base,
+        ],
+    );
+    let mac = "b8:ca:3a:99:00:01";
+    let c = reqwest::blocking::Client::new();
+    let script = c
+        .get(server.url(&format!(
+            "/ipxe?mac={mac}&manufacturer=Dell%20Inc.&product=PowerEdge%20R650"
+        )))
+        .send()
+        .expect("GET /ipxe")
+        .text()
+        .expect("script");
+    assert!(script.contains("vmlinuz"), "claimed by dell-r650: {script}");
+    let served = c
+        .get(server.url(&format!("/ks/{mac}")))
+        .send()
+        .expect("GET /ks");
+    assert_eq!(served.status(), 200);
+    let served = served.text().expect("kickstart");
+    let (code, rendered, err) = pxeforge(&[
+        "render",
+        "kickstart",
+        "--mac",
+        mac,
+        "--site",
+        site.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--base-url",
+        base,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rendered, served);
+}
