@@ -3,8 +3,8 @@
 
 use crate::catalog::Catalog;
 use crate::config::Overrides;
-use crate::render::{render_bootstrap, render_ipxe, render_kickstart};
-use crate::select::{self, Facts, KickstartChoice, ScriptChoice};
+use crate::render::{render_bootstrap, render_ipxe, render_kickstart, KsAccess, TOKEN_PLACEHOLDER};
+use crate::select::{self, BuildScript, Facts, KickstartChoice, ScriptChoice};
 use anyhow::{anyhow, bail, Result};
 use pxeforge_site::{BootMethod, Diagnostic, Mac, Severity};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,16 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
                 platform: Some(platform.into()),
                 ..Facts::default()
             };
-            if let Err(e) = render_ipxe(cat, &base, &ScriptChoice::Host { host, profile }, &facts) {
+            if let Err(e) = render_ipxe(
+                cat,
+                &base,
+                &ScriptChoice::Host {
+                    host,
+                    profile,
+                    build: BuildScript::Untracked,
+                },
+                &facts,
+            ) {
                 fail(
                     &host.origin,
                     format!("host {:?}: iPXE script: {e}", host.name),
@@ -78,7 +87,8 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
             continue;
         }
         if select::has_kickstart(profile) && host.install {
-            if let Err(e) = render_kickstart(cat, &base, host, profile, mac) {
+            let ks = KsAccess::Token(TOKEN_PLACEHOLDER);
+            if let Err(e) = render_kickstart(cat, &base, host, profile, mac, None, ks) {
                 fail(
                     &host.origin,
                     format!("host {:?}: kickstart: {e}", host.name),
@@ -113,7 +123,7 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
         }
         if select::has_kickstart(profile) {
             let host = select::matched_host(profile, mac);
-            if let Err(e) = render_kickstart(cat, &base, &host, profile, mac) {
+            if let Err(e) = render_kickstart(cat, &base, &host, profile, mac, None, KsAccess::Mac) {
                 fail(
                     &origin,
                     format!(
@@ -209,11 +219,14 @@ pub fn render_one(
             let mac = mac()?;
             let claimed = || crate::events::claimed_profile(&cat.config.state, mac);
             match select::select_kickstart(&cat.site, mac, claimed) {
+                // What a host's installer is served, with `TOKEN` where its build's token goes.
                 KickstartChoice::Host { host, profile } => {
-                    Ok(render_kickstart(&cat, &base, host, profile, mac)?)
+                    let ks = KsAccess::Token(TOKEN_PLACEHOLDER);
+                    Ok(render_kickstart(&cat, &base, host, profile, mac, None, ks)?)
                 }
                 KickstartChoice::Claimed { host, profile } => {
-                    Ok(render_kickstart(&cat, &base, &host, profile, mac)?)
+                    let ks = KsAccess::Mac;
+                    Ok(render_kickstart(&cat, &base, &host, profile, mac, None, ks)?)
                 }
                 KickstartChoice::NotInstalled { host } => bail!(
                     "host {} is not installed from a kickstart (install = false or profile boot = {:?})",

@@ -13,6 +13,7 @@
 //!    process) and the image commands.
 
 pub mod build_cmd;
+pub mod buildstate;
 pub mod catalog;
 pub mod check;
 pub mod config;
@@ -21,7 +22,10 @@ pub mod dhcp_view;
 pub mod events;
 pub mod handlers;
 pub mod images;
+pub mod lifecycle;
 pub mod metrics;
+pub mod ratelimit;
+pub mod reinstall_cmd;
 pub mod render;
 pub mod select;
 pub mod serve;

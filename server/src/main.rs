@@ -65,6 +65,8 @@ enum Command {
     },
     /// Build images (images/NAME.toml) for their hardware profiles and publish them atomically
     Build(build_cmd::BuildArgs),
+    /// Arm hosts to be installed again at their next network boot
+    Reinstall(pxeforge_server::reinstall_cmd::ReinstallArgs),
     /// Inspect the image store: list, verify checksums, collect old builds
     Images(build_cmd::ImagesArgs),
     /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
@@ -133,6 +135,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Build(args) => {
             build_cmd::build(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reinstall(args) => {
+            pxeforge_server::reinstall_cmd::reinstall(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),

@@ -15,6 +15,8 @@ pub struct Metrics {
     scripts: Mutex<BTreeMap<&'static str, u64>>,
     pub events_received: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// `POST /events` answered 429 by the per-source rate limit.
+    pub events_rate_limited: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -73,6 +75,11 @@ impl Metrics {
             "Install events refused as malformed or oversized.",
             self.events_rejected.load(Ordering::Relaxed),
         );
+        w.counter(
+            "pxeforge_events_rate_limited_total",
+            "Install events refused with 429 by the per-source rate limit.",
+            self.events_rate_limited.load(Ordering::Relaxed),
+        );
         let mut reloads = w.family(
             "pxeforge_site_reloads_total",
             Kind::Counter,
@@ -120,6 +127,7 @@ mod tests {
             "pxeforge_http_requests_total{endpoint=\"/x\\\"y\",status=\"404\"} 1\n",
             "pxeforge_scripts_served_total{outcome=\"host\"} 1\n",
             "pxeforge_events_received_total 0\n",
+            "pxeforge_events_rate_limited_total 0\n",
             "# HELP pxeforge_site_reloads_total Site reloads.\n\
              # TYPE pxeforge_site_reloads_total counter\n\
              pxeforge_site_reloads_total{result=\"ok\"} 1\n\
@@ -128,6 +136,6 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
-        assert_eq!(out.matches("# HELP ").count(), 6, "{out}");
+        assert_eq!(out.matches("# HELP ").count(), 7, "{out}");
     }
 }

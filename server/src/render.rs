@@ -4,7 +4,7 @@
 //! or has been validated, so nothing a client sends is pasted into a script.
 
 use crate::catalog::Catalog;
-use crate::select::{Facts, ScriptChoice};
+use crate::select::{BuildScript, Facts, ScriptChoice};
 use crate::templates::{RenderError, BOOTSTRAP, DISCOVER, DISKLESS, INSTALL, LOCAL};
 use pxeforge_site::settings::UnknownHostPolicy;
 use pxeforge_site::{BootMethod, Firmware, Host, Mac, Profile, Site};
@@ -12,6 +12,9 @@ use tera::Context;
 
 /// Calls `f` with the host's template context (shared by iPXE scripts and kickstarts), made
 /// from a reused copy of its profile's cached part.
+// Every argument is one thing a host's context depends on; a struct of them would only be
+// built to be taken apart here.
+#[allow(clippy::too_many_arguments)]
 pub fn with_host_context<R>(
     cat: &Catalog,
     base_url: &str,
@@ -19,6 +22,7 @@ pub fn with_host_context<R>(
     profile: &Profile,
     mac: Mac,
     platform: Option<&str>,
+    ks: KsAccess,
     f: impl FnOnce(&Context) -> R,
 ) -> R {
     let platform = platform.unwrap_or_else(|| default_platform(profile));
@@ -41,7 +45,7 @@ pub fn with_host_context<R>(
         Some(s) => s.take(),
         None => profile_context(&cat.site, base_url, profile, platform),
     };
-    add_request_parts(&mut ctx, cat, base_url, host, profile, mac);
+    add_request_parts(&mut ctx, cat, base_url, host, profile, mac, ks);
     let out = f(&ctx);
     if let Some(s) = shared {
         s.give_back(ctx);
@@ -65,11 +69,25 @@ fn add_request_parts(
     host: &Host,
     profile: &Profile,
     mac: Mac,
+    ks: KsAccess,
 ) {
     let mac_url = mac.hyphenated();
     ctx.insert("host", host);
     ctx.insert("mac", &mac.to_string());
-    ctx.insert("ks_url", &format!("{base_url}/ks/{mac_url}"));
+    match ks {
+        KsAccess::Token(token) => {
+            // Host names are DNS labels and tokens hex: nothing here needs escaping.
+            ctx.insert(
+                "ks_url",
+                &format!("{base_url}/ks/{}?token={token}", host.name),
+            );
+            ctx.insert("token", token);
+        }
+        KsAccess::Mac => {
+            ctx.insert("ks_url", &format!("{base_url}/ks/{mac_url}"));
+            ctx.insert("token", "");
+        }
+    }
     ctx.insert("mac_url", &mac_url);
     // Never cached: a publish moves the store's `current` link without reloading the site.
     ctx.insert(
@@ -134,6 +152,17 @@ pub fn ipxe_template_for(host: Option<&Host>, profile: &Profile) -> &'static str
     }
 }
 
+/// Where the token goes when there is none to give (`check`, `pxeforge render`).
+pub const TOKEN_PLACEHOLDER: &str = "TOKEN";
+
+/// How a kickstart is reached: an inventory host by its name and its build's token; a machine
+/// that a profile's match rule claimed, by its MAC.
+#[derive(Debug, Clone, Copy)]
+pub enum KsAccess<'a> {
+    Token(&'a str),
+    Mac,
+}
+
 pub fn render_ipxe(
     cat: &Catalog,
     base_url: &str,
@@ -145,19 +174,33 @@ pub fn render_ipxe(
         .as_deref()
         .filter(|p| matches!(*p, "pcbios" | "efi"));
     match choice {
-        ScriptChoice::Host { host, profile } => {
+        ScriptChoice::Host {
+            host,
+            profile,
+            build,
+        } => {
             let mac = facts
                 .mac
                 .or_else(|| host.macs.first().copied())
                 .unwrap_or(Mac([0; 6]));
-            with_host_context(cat, base_url, host, profile, mac, platform, |ctx| {
-                cat.templates
-                    .render(ipxe_template_for(Some(host), profile), ctx)
+            let (template, token) = match build {
+                BuildScript::Local => (LOCAL, TOKEN_PLACEHOLDER),
+                BuildScript::Install { token } => {
+                    (ipxe_template_for(Some(host), profile), &token[..])
+                }
+                BuildScript::Untracked => {
+                    (ipxe_template_for(Some(host), profile), TOKEN_PLACEHOLDER)
+                }
+            };
+            let ks = KsAccess::Token(token);
+            with_host_context(cat, base_url, host, profile, mac, platform, ks, |ctx| {
+                cat.templates.render(template, ctx)
             })
         }
         ScriptChoice::Matched { profile, mac } => {
             let host = crate::select::matched_host(profile, *mac);
-            with_host_context(cat, base_url, &host, profile, *mac, platform, |ctx| {
+            let ks = KsAccess::Mac;
+            with_host_context(cat, base_url, &host, profile, *mac, platform, ks, |ctx| {
                 cat.templates.render(ipxe_template_for(None, profile), ctx)
             })
         }
@@ -182,14 +225,17 @@ pub fn render_bootstrap(cat: &Catalog, base_url: &str) -> Result<String, RenderE
     cat.templates.render(BOOTSTRAP, &ctx)
 }
 
+/// The kickstart of `host`, booted from `mac` on `platform` (as its token record remembers).
 pub fn render_kickstart(
     cat: &Catalog,
     base_url: &str,
     host: &Host,
     profile: &Profile,
     mac: Mac,
+    platform: Option<&str>,
+    ks: KsAccess,
 ) -> Result<String, RenderError> {
-    with_host_context(cat, base_url, host, profile, mac, None, |ctx| {
+    with_host_context(cat, base_url, host, profile, mac, platform, ks, |ctx| {
         cat.templates
             .render(&format!("ks/{}", profile.kickstart), ctx)
     })
@@ -212,7 +258,18 @@ mod tests {
         mac: Mac,
         platform: Option<&str>,
     ) -> Context {
-        with_host_context(site, base_url, host, profile, mac, platform, Context::clone)
+        // A per-host token, so that a context reused for another host would show it.
+        let ks = KsAccess::Token(&host.name);
+        with_host_context(
+            site,
+            base_url,
+            host,
+            profile,
+            mac,
+            platform,
+            ks,
+            Context::clone,
+        )
     }
 
     /// The repository root is the example site.
@@ -238,7 +295,15 @@ mod tests {
     ) -> Context {
         let platform = platform.unwrap_or_else(|| default_platform(profile));
         let mut ctx = profile_context(&site.site, base_url, profile, platform);
-        add_request_parts(&mut ctx, site, base_url, host, profile, mac);
+        add_request_parts(
+            &mut ctx,
+            site,
+            base_url,
+            host,
+            profile,
+            mac,
+            KsAccess::Token(&host.name),
+        );
         ctx
     }
 
@@ -330,8 +395,9 @@ mod tests {
                     _ => (i * 7) % hosts.len(),
                 };
                 let (host, profile, mac) = &hosts[j];
+                let ks = KsAccess::Token(&host.name);
                 let seen =
-                    with_host_context(&site, &base, host, profile, *mac, None, |c| c.clone());
+                    with_host_context(&site, &base, host, profile, *mac, None, ks, |c| c.clone());
                 assert_eq!(seen, fresh[j], "{} in round {round}", host.name);
             }
         }

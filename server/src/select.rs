@@ -75,6 +75,9 @@ pub enum ScriptChoice<'a> {
     Host {
         host: &'a Host,
         profile: &'a Profile,
+        /// What the host's build state says; `select` leaves it `Untracked` and the handler,
+        /// which holds the state store, decides.
+        build: BuildScript,
     },
     /// Unknown host whose SMBIOS facts matched this profile.
     Matched {
@@ -82,6 +85,23 @@ pub enum ScriptChoice<'a> {
         mac: Mac,
     },
     Unknown,
+}
+
+/// The build state's part in a host's script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildScript {
+    /// Not decided by build state: a host that is never installed from a kickstart (diskless,
+    /// local), or `check` and `render`, which print `TOKEN` where the token goes.
+    Untracked,
+    /// Armed: the install script, carrying this build's token.
+    Install { token: String },
+    /// Installed, failed and held, or the store cannot be read: the local-boot script.
+    Local,
+}
+
+/// Whether a host's installs go through build state: it is to be installed, from a kickstart.
+pub fn tracked(host: &Host, profile: &Profile) -> bool {
+    host.install && has_kickstart(profile)
 }
 
 /// A request's facts → the host (by MAC, then SMBIOS UUID, then serial) → its profile, or, for
@@ -98,7 +118,11 @@ pub fn select<'a>(site: &'a Site, facts: &Facts) -> ScriptChoice<'a> {
     if let Some(&i) = by_mac.or_else(by_uuid).or_else(by_serial) {
         let host = &site.hosts[i];
         if let Some(profile) = site.profiles.get(&host.profile) {
-            return ScriptChoice::Host { host, profile };
+            return ScriptChoice::Host {
+                host,
+                profile,
+                build: BuildScript::Untracked,
+            };
         }
     }
     if let Some(mac) = facts.mac {
@@ -129,6 +153,7 @@ pub fn matched_host(profile: &Profile, mac: Mac) -> Host {
         install: true,
         network: Default::default(),
         vars: Default::default(),
+        generation: 0,
         origin: format!("match rule of {}", profile.file.display()),
     }
 }

@@ -12,7 +12,31 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// Raises the soft limit on open files to the hard limit: under systemd's usual soft limit of
+/// 1,024 the 16,384 HTTP connections and 4,096 TFTP transfers the services allow could never be
+/// reached, and running out of descriptors takes every service down at once.
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = ?lim.current,
+            to = ?lim.maximum,
+            "raised the open-file limit to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
+    raise_nofile_limit();
     let site_dir = site_dir
         .canonicalize()
         .with_context(|| format!("site directory {}", site_dir.display()))?;
@@ -30,6 +54,10 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     std::fs::create_dir_all(&eff.state)
         .with_context(|| format!("creating state directory {}", eff.state.display()))?;
     let events = Arc::new(EventStore::open(&eff.state.join("events.db"))?);
+    let build = Arc::new(crate::buildstate::Store::open(
+        &eff.state.join("buildstate.db"),
+    ));
+    crate::buildstate::reconcile_site(&build, &catalog.site);
     let metrics = Arc::new(Metrics::default());
     let dhcp_site = Arc::new(ArcSwap::from_pointee(crate::dhcp_view::compile(&catalog)));
     let catalog = Arc::new(ArcSwap::from_pointee(catalog));
@@ -81,6 +109,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let state = AppState::new(handlers::Shared {
         catalog: catalog.clone(),
         events,
+        build: build.clone(),
         metrics: metrics.clone(),
         assets_dir: eff.assets.clone(),
         tftp_root: eff.tftp_root.clone(),
@@ -147,6 +176,20 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
                 match loaded {
                     Ok(Ok(new)) => {
                         print_diagnostics(&new.warnings);
+                        // Before the new site serves: a raised generation arms at this moment.
+                        let (b, site_for_state) = (build.clone(), new);
+                        let new = match tokio::task::spawn_blocking(move || {
+                            crate::buildstate::reconcile_site(&b, &site_for_state.site);
+                            site_for_state
+                        })
+                        .await
+                        {
+                            Ok(n) => n,
+                            Err(e) => {
+                                tracing::error!(error = %e, "reload task failed");
+                                continue;
+                            }
+                        };
                         dhcp_site.store(Arc::new(crate::dhcp_view::compile(&new)));
                         tracing::info!(hosts = new.site.hosts.len(), profiles = new.site.profiles.len(), ms, "site reloaded");
                         reload_catalog.store(Arc::new(new));

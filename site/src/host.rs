@@ -29,6 +29,9 @@ pub struct HostEntry {
     pub network: Option<Spanned<NetworkEntry>>,
     #[serde(default)]
     pub vars: toml::Table,
+    /// Raise it to re-arm the host (above the value recorded at its last install).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 fn yes() -> bool {
@@ -69,6 +72,8 @@ pub struct Host {
     pub install: bool,
     pub network: Network,
     pub vars: toml::Table,
+    /// Raise it to re-arm the host; see `pxeforge reinstall` for the command.
+    pub generation: u64,
     /// `hosts/x.toml:LINE`, for messages.
     #[serde(skip)]
     pub origin: String,

@@ -365,6 +365,7 @@ fn parse_profile(
         image: p.image.map(|i| i.into_inner()),
         layer: p.layer.map(|l| l.into_inner()),
         match_rules,
+        generation: p.generation,
         file: fd.file.clone(),
     })
 }
@@ -515,6 +516,7 @@ fn load_hosts(
                 install: h.install,
                 network,
                 vars: h.vars,
+                generation: h.generation,
                 origin: format!("{}:{}", fd.file.display(), entry_line),
             });
         }

@@ -78,6 +78,9 @@ pub struct ProfileFile {
     pub layer: Option<Spanned<PathBuf>>,
     #[serde(default, rename = "match")]
     pub match_rules: Vec<Spanned<MatchRule>>,
+    /// Raise it to re-arm every host of the profile.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A validated profile, as templates and the selector see it.
@@ -101,6 +104,8 @@ pub struct Profile {
     pub layer: Option<PathBuf>,
     #[serde(rename = "match")]
     pub match_rules: Vec<MatchRule>,
+    /// Raise it to re-arm every host of the profile.
+    pub generation: u64,
     /// `profiles/NAME.toml`, for messages.
     #[serde(skip)]
     pub file: PathBuf,

@@ -156,6 +156,27 @@ pub struct InstallSettings {
     pub timezone: String,
     pub lang: String,
     pub keyboard: String,
+    /// Lifetime of a per-build token, from arming to `finished` (seconds).
+    pub token_ttl_secs: u64,
+    /// What follows a failed install: arm again, or hold the host on its local disk.
+    pub on_failure: OnFailure,
+    /// Install events kept per MAC (older ones are deleted as new ones arrive).
+    pub events_per_host: u32,
+    /// Unknown machines remembered at most; the least recently seen go first.
+    pub max_discovered: u32,
+    /// Events accepted per minute from one source address (more answer 429).
+    pub events_per_minute: u32,
+}
+
+/// What follows `failed` (`install.on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Arm again with a new token: the next network boot retries the install.
+    Rearm,
+    /// Boot the local disk until an operator re-arms the host.
+    #[default]
+    Hold,
 }
 
 impl Default for InstallSettings {
@@ -169,6 +190,11 @@ impl Default for InstallSettings {
             timezone: "Etc/UTC".into(),
             lang: "en_US.UTF-8".into(),
             keyboard: "us".into(),
+            token_ttl_secs: 24 * 3600,
+            on_failure: OnFailure::Hold,
+            events_per_host: 200,
+            max_discovered: 10_000,
+            events_per_minute: 600,
         }
     }
 }

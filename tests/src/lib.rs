@@ -1,6 +1,6 @@
 //! Harness for the end-to-end tests: runs the real `pxeforge` binary and real clients.
 
-use pxeforge_child::ServeChild;
+pub use pxeforge_child::ServeChild;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

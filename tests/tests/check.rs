@@ -93,8 +93,9 @@ fn render_ipxe_matches_the_platform() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(s.contains("initrd=initrd.img inst.repo="), "{s}");
+    // The kickstart URL names the host and carries its build's token (`TOKEN` offline).
     assert!(
-        s.contains("inst.ks=http://10.0.0.1:8080/ks/52-54-00-00-20-01"),
+        s.contains("inst.ks=http://10.0.0.1:8080/ks/vm-uefi-01?token=TOKEN"),
         "{s}"
     );
 }

@@ -1,6 +1,6 @@
 //! The boot service's HTTP endpoints, through the real binary and a real HTTP client.
 
-use pxeforge_tests::{copy_example_site, sha256_hex, Server};
+use pxeforge_tests::{copy_example_site, pxeforge, sha256_hex, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use std::path::Path;
@@ -31,6 +31,8 @@ fn fixture() -> Fixture {
     std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.txt"), assets.join("escape")).unwrap();
     let state = dir.path().join("state");
+    // A new store adopts every host as installed: arm them all, as an operator would.
+    arm(&site, &state, &["--all", "--yes"]);
     Fixture {
         site,
         assets,
@@ -50,6 +52,29 @@ fn start(f: &Fixture) -> Server {
             f.state.to_str().unwrap(),
         ],
     )
+}
+
+/// `pxeforge reinstall ARGS --site SITE --state STATE`.
+fn arm(site: &Path, state: &Path, args: &[&str]) {
+    let mut a = vec!["reinstall"];
+    a.extend_from_slice(args);
+    a.extend([
+        "--site",
+        site.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let (code, out, err) = pxeforge(&a);
+    assert_eq!(code, 0, "reinstall: {out}{err}");
+}
+
+/// The `inst.ks=` URL of an install script (it carries the build's token).
+fn ks_url(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inst.ks="))
+        .unwrap_or_else(|| panic!("no inst.ks= in {script}"))
+        .to_string()
 }
 
 fn get(c: &Client, url: &str) -> (StatusCode, String) {
@@ -90,9 +115,14 @@ fn scripts_for_every_kind_of_machine() {
     );
     assert_eq!(s, 200, "{bios}");
     assert!(bios.contains("kernel http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz "), "{bios}");
+    // The kickstart URL names the host and carries its build's token (128 bits, hex).
+    let ks = ks_url(&bios);
+    let token = ks
+        .strip_prefix(&format!("{base}/ks/vm-bios-01?token="))
+        .unwrap_or_else(|| panic!("{bios}"));
     assert!(
-        bios.contains(&format!("inst.ks={base}/ks/52-54-00-00-10-01")),
-        "{bios}"
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{ks}"
     );
     assert!(bios.contains("inst.repo=http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os"));
     assert!(bios.contains("console=ttyS0,115200n8 net.ifnames=0"));
@@ -210,7 +240,8 @@ fn kickstarts_by_path_and_by_anaconda_headers() {
     let srv = start(&f);
     let c = Client::new();
 
-    let (s, ks) = get(&c, &srv.url("/ks/52-54-00-00-10-01"));
+    let script = get(&c, &srv.url("/ipxe?mac=52-54-00-00-10-01")).1;
+    let (s, ks) = get(&c, &ks_url(&script));
     assert_eq!(s, 200);
     assert!(ks.contains("# Kickstart for vm-bios-01"), "{ks}");
     assert!(
@@ -224,30 +255,47 @@ fn kickstarts_by_path_and_by_anaconda_headers() {
         "{ks}"
     );
 
-    let (s, ks) = get(&c, &srv.url("/ks/52:54:00:00:20:01"));
+    // An inventory host's kickstart is not served by MAC any more: it needs the token.
+    assert_eq!(get(&c, &srv.url("/ks/52:54:00:00:20:01")).0, 403);
+    let script = get(&c, &srv.url("/ipxe?mac=52:54:00:00:20:01")).1;
+    let (s, ks) = get(&c, &ks_url(&script));
     assert_eq!(s, 200);
     assert!(ks.contains(&format!("network --bootproto=static --device={UEFI_MAC} --ip=10.77.0.21 --netmask=255.255.255.0 --gateway=10.77.0.1 --nameserver=10.77.0.1 --hostname=vm-uefi-01.lab.example --activate")), "{ks}");
 
-    // Unknown MAC: 404, never another host's kickstart. Malformed: 400. Local-only host: 404.
+    // Unknown MAC: 404, never another host's kickstart. Neither a MAC nor a token: 403.
+    // Local-only host: 404. A wrong token: 403.
     assert_eq!(get(&c, &srv.url("/ks/02:00:00:00:00:01")).0, 404);
-    assert_eq!(get(&c, &srv.url("/ks/not-a-mac")).0, 400);
+    assert_eq!(get(&c, &srv.url("/ks/not-a-mac")).0, 403);
     assert_eq!(get(&c, &srv.url(&format!("/ks/{KEEP_MAC}"))).0, 404);
+    assert_eq!(get(&c, &srv.url("/ks/db-a01?token=00")).0, 403);
 
-    // inst.ks.sendmac: the headers pick the host; the first known MAC wins.
+    // inst.ks.sendmac names an inventory host: refused, its kickstart needs the token.
     let r = c
         .get(srv.url("/ks"))
         .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07")
         .header("X-RHN-Provisioning-MAC-1", format!("eth1 {R650_MAC}"))
         .send()
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let ks = r.text().unwrap();
-    assert!(ks.contains("# Kickstart for db-a01"), "{ks}");
-    assert!(ks.contains(&format!("--device={R650_MAC}")), "{ks}");
-    assert_eq!(get(&c, &srv.url("/ks")).0, 400);
+    assert_eq!(r.status(), 403);
+    // A machine that a profile's match rule claimed is still served by its MAC.
+    let claim = "/ipxe?mac=02:00:00:00:00:07&manufacturer=Dell%20Inc.&product=PowerEdge%20R650";
+    assert_eq!(get(&c, &srv.url(claim)).0, 200);
     let r = c
         .get(srv.url("/ks"))
         .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let ks = r.text().unwrap();
+    assert!(ks.contains("--device=02:00:00:00:00:07"), "{ks}");
+    assert_eq!(get(&c, &srv.url("/ks")).0, 400);
+    let r = c
+        .get(srv.url("/ks"))
+        .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:08")
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
@@ -259,20 +307,37 @@ fn events_are_validated_stored_and_survive_a_restart() {
     let c = Client::new();
     {
         let srv = start(&f);
-        let post = |body: &str, ct: &str| {
+        let script = get(&c, &srv.url(&format!("/ipxe?mac={BIOS_MAC}"))).1;
+        let ks = ks_url(&script);
+        let token = ks.split("token=").nth(1).unwrap().to_string();
+        assert_eq!(get(&c, &ks).0, 200, "installing");
+        let post_as = |body: &str, ct: &str, token: &str| {
             c.post(srv.url("/events"))
                 .header("Content-Type", ct)
+                .header("Authorization", format!("Bearer {token}"))
                 .body(body.to_string())
                 .send()
                 .unwrap()
                 .status()
         };
+        let post = |body: &str, ct: &str| post_as(body, ct, &token);
         let ok = format!(
             r#"{{"mac":"{BIOS_MAC}","stage":"install","status":"started","message":"anaconda up"}}"#
         );
         assert_eq!(post(&ok, "application/json"), 201);
+        // Without the build's token nothing is accepted.
+        assert_eq!(post_as(&ok, "application/json", "0123"), 403);
+        let r = c.post(srv.url("/events")).body(ok.clone()).send().unwrap();
+        assert_eq!(r.status(), 403);
+        // The token may also travel in the URL the kickstart was given.
         let ok2 = "mac=52-54-00-00-10-01&stage=install&status=finished&message=done";
-        assert_eq!(post(ok2, "application/x-www-form-urlencoded"), 201);
+        let r = c
+            .post(srv.url(&format!("/events?token={token}")))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(ok2)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
         assert_eq!(post("{not json", "application/json"), 400);
         assert_eq!(
             post(
@@ -293,9 +358,11 @@ fn events_are_validated_stored_and_survive_a_restart() {
             "a".repeat(100_000)
         );
         assert_eq!(post(&huge, "application/json"), 413);
+        // After `finished` the build is over: its token is refused.
+        assert_eq!(post(&ok, "application/json"), 403);
         let m = get(&c, &srv.url("/metrics")).1;
         assert!(m.contains("pxeforge_events_received_total 2"), "{m}");
-        assert!(m.contains("pxeforge_events_rejected_total 4"), "{m}");
+        assert!(m.contains("pxeforge_events_rejected_total 7"), "{m}");
     }
     let srv = start(&f);
     let (s, hosts) = get(&c, &srv.url("/api/hosts"));
@@ -420,21 +487,32 @@ fn reload_keeps_the_last_good_site_on_a_broken_edit() {
         "errors name the file and line: {log}"
     );
     assert!(log.contains("profle"), "{log}");
-    assert_eq!(
-        get(&c, &srv.url("/ks/52:54:00:00:40:01")).0,
-        404,
-        "half-loaded a refused site"
+    let new = get(&c, &srv.url("/ipxe?mac=52:54:00:00:40:01")).1;
+    assert!(
+        !new.contains("vm-new-01"),
+        "half-loaded a refused site: {new}"
     );
-    assert_eq!(
-        get(&c, &srv.url("/ks/52:54:00:00:10:01")).0,
-        200,
-        "last good site still serves"
+    let old = get(&c, &srv.url("/ipxe?mac=52:54:00:00:10:01")).1;
+    assert!(
+        old.contains("vm-bios-01") && old.contains("inst.ks="),
+        "last good site still serves: {old}"
     );
 
     write(&lab, &format!("{good}{new_host}"));
     srv.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(srv.wait_log("site reloaded", 1), "{}", srv.log_text());
-    assert_eq!(get(&c, &srv.url("/ks/52:54:00:00:40:01")).0, 200);
+    // A host added to the inventory while the store exists is a new machine: armed.
+    assert!(
+        srv.log_text().contains("this load arms 1 host(s)"),
+        "{}",
+        srv.log_text()
+    );
+    let new = get(&c, &srv.url("/ipxe?mac=52:54:00:00:40:01")).1;
+    assert!(
+        new.contains("vm-new-01") && new.contains("inst.ks="),
+        "{new}"
+    );
+    assert_eq!(get(&c, &ks_url(&new)).0, 200);
     let m = get(&c, &srv.url("/metrics")).1;
     assert!(
         m.contains("pxeforge_site_reloads_total{result=\"failed\"} 1"),

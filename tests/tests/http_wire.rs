@@ -27,6 +27,16 @@ fn site() -> Site {
     std::fs::write(assets.join("big.bin"), &big).unwrap();
     std::fs::write(assets.join("small.txt"), b"small\n").unwrap();
     let state = dir.path().join("state");
+    // One armed host, whose build token the event posts below carry.
+    let (code, out, err) = pxeforge_tests::pxeforge(&[
+        "reinstall",
+        "vm-bios-01",
+        "--site",
+        site.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
     let server = Server::start(
         &site,
         &[
@@ -200,9 +210,19 @@ const EVENT: &str = r#"{"mac":"52:54:00:00:10:01","stage":"install","status":"st
 fn request_bodies_by_length_chunked_and_after_100_continue() {
     let site = site();
     let mut c = Conn::open(&site);
+    // The armed host's script carries its build token; events need it.
+    c.send(b"GET /ipxe?mac=52:54:00:00:10:01 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let script = String::from_utf8(c.response(false).body).unwrap();
+    let token = script
+        .split("token=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no token in {script}"))
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}\r\n");
     c.send(
         format!(
-            "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
+            "POST /events HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
             EVENT.len()
         )
         .as_bytes(),
@@ -212,7 +232,7 @@ fn request_bodies_by_length_chunked_and_after_100_continue() {
     let (a, b) = EVENT.split_at(10);
     c.send(
         format!(
-            "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            "POST /events HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: 1\r\n\r\n",
             a.len(),
             b.len()
         )
@@ -222,7 +242,7 @@ fn request_bodies_by_length_chunked_and_after_100_continue() {
     // Expect: 100-continue — the body is sent only after the interim response.
     c.send(
         format!(
-            "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            "POST /events HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             EVENT.len()
         )
         .as_bytes(),

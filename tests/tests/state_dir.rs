@@ -46,6 +46,15 @@ fn serve_with_state_checks_and_serves_that_store() {
     let state = dir.path().join("elsewhere");
     let tar = vec![7u8; 10240];
     publish(&state, &tar);
+    let (code, out, err) = pxeforge(&[
+        "reinstall",
+        "vm-bios-01",
+        "--site",
+        site.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
     let server = Server::start(&site, &["--no-tftp", "--state", state.to_str().unwrap()]);
     let log = server.log_text();
     let stdout = server.stdout.join("\n");
@@ -57,12 +66,17 @@ fn serve_with_state_checks_and_serves_that_store() {
         );
     }
     let c = reqwest::blocking::Client::new();
-    let ks = c
-        .get(server.url(&format!("/ks/{BIOS_MAC}")))
+    let script = c
+        .get(server.url(&format!("/ipxe?mac={BIOS_MAC}")))
         .send()
-        .expect("GET /ks")
+        .expect("GET /ipxe")
         .text()
         .expect("body");
+    let ks_url = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inst.ks="))
+        .unwrap_or_else(|| panic!("no inst.ks= in {script}"));
+    let ks = c.get(ks_url).send().expect("GET /ks").text().expect("body");
     assert!(
         ks.contains(&format!("--checksum={}", sha256_hex(&tar))),
         "{ks}"

@@ -221,6 +221,22 @@ fn tail(s: &str, n: usize) -> String {
 
 /// `pxeforge vm-test` with the shared site and state, its report folder named after the case.
 fn vm_test(case: &str, args: &[&str]) -> Run {
+    vm_test_in(case, &prepared().state, args)
+}
+
+/// A state directory of the case's own, holding the shared built images: its build state and
+/// events are its own, for a case that boots a host another case may be booting at the same time.
+fn own_state(case: &str) -> PathBuf {
+    let p = prepared();
+    let state = p.work.join(format!("{case}-state"));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(p.state.join("images"), state.join("images")).unwrap();
+    state
+}
+
+/// `pxeforge vm-test` with the shared site and the state directory `state`.
+fn vm_test_in(case: &str, state: &Path, args: &[&str]) -> Run {
     let p = prepared();
     let out = p.work.join(case);
     let _slot = vm_slot();
@@ -229,7 +245,7 @@ fn vm_test(case: &str, args: &[&str]) -> Run {
         .arg("--site")
         .arg(&p.site)
         .arg("--state")
-        .arg(&p.state)
+        .arg(state)
         .args(["--installer", "test-installer"])
         .arg("--out")
         .arg(&out)
@@ -261,6 +277,17 @@ fn vm_test(case: &str, args: &[&str]) -> Run {
 fn assert_full_boot(r: &Run) {
     assert_eq!(r.code, 0, "{}", r.explain());
     assert_eq!(r.report["outcome"], "finished", "{}", r.explain());
+    // A new build-state store holds every host as installed: vm-test armed this one first.
+    assert_eq!(r.report["armed"], "installed -> armed", "{}", r.explain());
+    let host = r.report["host"].as_str().unwrap_or("?");
+    assert!(
+        r.stdout.contains(&format!(
+            "pxeforge vm-test: armed {host} (installed -> armed"
+        )),
+        "{}",
+        r.explain()
+    );
+    assert_eq!(r.report["kernel_fetches"], 1, "{}", r.explain());
     let stages = r.stages();
     for s in [
         "dhcp",
@@ -426,6 +453,14 @@ fn case5a_unknown_mac_with_local_policy_gets_no_kernel() {
     );
     assert_eq!(r.code, 1, "{}", r.explain());
     assert_eq!(r.report["outcome"], "local-boot", "{}", r.explain());
+    // An unknown machine has no build state to arm.
+    assert!(r.report["armed"].is_null(), "{}", r.explain());
+    assert!(
+        !r.stdout.contains("pxeforge vm-test: armed"),
+        "{}",
+        r.explain()
+    );
+    assert_eq!(r.report["kernel_fetches"], 0, "{}", r.explain());
     let stages = r.stages();
     for s in ["kernel", "initrd", "kickstart", "kernel_running"] {
         assert!(
@@ -458,5 +493,88 @@ fn case5b_failing_post_reports_failed_and_exits_1() {
     assert!(
         r.stdout.contains("/etc/pxeforge-ready is missing"),
         "vm-test did not print the reason"
+    );
+    // The kickstart's %onerror report ended the build; the installer's own, more precise report
+    // after it is refused (the reason above is from its console line).
+    assert!(
+        r.file("serve.log").contains("status=failed"),
+        "{}",
+        r.explain()
+    );
+    assert!(
+        r.file("serial.log")
+            .contains("pxeforge-installer: powering off"),
+        "{}",
+        r.explain()
+    );
+}
+
+/// The serve log's `host script` lines for `host`: the scripts it was sent, in order.
+fn scripts_sent(serve_log: &str, host: &str) -> Vec<String> {
+    let key = format!(" host={host} ");
+    serve_log
+        .lines()
+        .filter(|l| l.contains("host script ") && l.contains(&key))
+        .filter_map(|l| l.split(" script=\"").nth(1))
+        .filter_map(|v| v.split('"').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn case6_install_once_then_local_boot() {
+    if !can_boot(true) {
+        return;
+    }
+    // vm-bios again (case 1 boots it too, maybe now): a build state of its own.
+    let state = own_state("case6-once");
+    let r = vm_test_in(
+        "case6-once",
+        &state,
+        &["--host", "vm-bios", "--expect-local-reboot"],
+    );
+    assert_full_boot(&r);
+    // Installed, rebooted (network first, then disk), and the second boot got the local script.
+    let stages = r.stages();
+    assert!(
+        stages.iter().any(|s| s == "local_reboot"),
+        "no local reboot stage in {stages:?}\n{}",
+        r.explain()
+    );
+    let at = |stage: &str| {
+        r.report["stages"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["stage"] == stage))
+            .and_then(|m| m["at_secs"].as_f64())
+    };
+    assert!(
+        at("local_reboot") > at("event_finished"),
+        "the local boot came before finished\n{}",
+        r.explain()
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("local reboot") && l.contains("script=\"local\"")),
+        "the report does not show the local boot stage\n{}",
+        r.explain()
+    );
+    assert!(r.stdout.contains("kernel fetches: 1"), "{}", r.explain());
+    let serve = r.file("serve.log");
+    let kernels = serve
+        .lines()
+        .filter(|l| l.contains("method=GET") && l.contains("vmlinuz") && l.contains("status=200"))
+        .count();
+    assert_eq!(kernels, 1, "kernel fetches in serve.log\n{serve}");
+    assert_eq!(
+        scripts_sent(&serve, "vm-bios"),
+        ["install", "local"],
+        "{}",
+        r.explain()
+    );
+    assert!(
+        r.file("serial.log")
+            .contains("pxeforge-installer: rebooting"),
+        "{}",
+        r.explain()
     );
 }

@@ -1,9 +1,12 @@
 //! `POST /events` from installers and `GET /api/hosts`.
 
+use super::scripts::token_from_query;
 use super::state::AppState;
+use crate::buildstate::{new_token, StateError};
 use crate::events::Event;
+use crate::lifecycle;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -76,9 +79,63 @@ pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<EventBody, Stri
     }
 }
 
+/// `Authorization: Bearer TOKEN`.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+enum Refused {
+    Token,
+    Unavailable(String),
+}
+
+/// The host whose build `token` belongs to, after applying what `status` does to its state
+/// (`finished` → installed, `failed` → failed). Refused when no live build has this token.
+async fn authorize(
+    st: &AppState,
+    token: String,
+    status: String,
+    remote: SocketAddr,
+) -> Result<String, Refused> {
+    let cat = st.catalog.load_full();
+    let policy = super::scripts::policy(&cat);
+    let build = st.build.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Option<String>, StateError> {
+        let bs = build
+            .state()
+            .map_err(|why| StateError::Unreadable(why.to_string()))?;
+        let Some(record) = bs.by_token(&token)? else {
+            return Ok(None);
+        };
+        let source = remote.ip().to_string();
+        let now = crate::events::now();
+        let accepted = build.decide(&record.host, now, |r| {
+            match lifecycle::on_event(r, &token, &status, &source, now, &policy, &mut new_token) {
+                None => (false, None),
+                Some((rec, _)) if rec == *r => (true, None),
+                Some(change) => (true, Some(change)),
+            }
+        })?;
+        Ok((accepted == Some(true)).then_some(record.host))
+    })
+    .await;
+    match res {
+        Ok(Ok(Some(host))) => Ok(host),
+        Ok(Ok(None)) => Err(Refused::Token),
+        Ok(Err(e)) => Err(Refused::Unavailable(e.to_string())),
+        Err(e) => Err(Refused::Unavailable(e.to_string())),
+    }
+}
+
 pub async fn post_event(
     State(st): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -114,12 +171,21 @@ pub async fn post_event(
         Ok(e) => e,
         Err(e) => return reject(StatusCode::BAD_REQUEST, e),
     };
-    let host = st
-        .catalog
-        .load()
-        .site
-        .host_by_mac(&ev.mac)
-        .map(|h| h.name.clone());
+    // Every status needs the build's token, as a bearer token or in the URL the kickstart was
+    // given; it is not bound to an address (the installer's changes with a static network).
+    let Some(token) = bearer_token(&headers).or_else(|| token_from_query(q.as_deref())) else {
+        return reject(StatusCode::FORBIDDEN, "no build token".into());
+    };
+    let host = match authorize(&st, token, ev.status.clone(), remote).await {
+        Ok(host) => Some(host),
+        Err(Refused::Token) => {
+            return reject(StatusCode::FORBIDDEN, "no valid build token".into());
+        }
+        Err(Refused::Unavailable(e)) => {
+            tracing::error!(error = %e, "build state unavailable: event refused");
+            return (StatusCode::SERVICE_UNAVAILABLE, "build state unavailable\n").into_response();
+        }
+    };
     let event = Event {
         id: 0,
         mac: ev.mac.to_string(),
@@ -164,40 +230,98 @@ struct DiscoveredView {
     last_event: Option<Event>,
 }
 
-pub async fn api_hosts(State(st): State<AppState>) -> Response {
+/// One page of `/api/hosts`: inventory hosts and discovered machines, paged separately.
+#[derive(Serialize)]
+struct HostsPage {
+    hosts: Vec<HostView>,
+    discovered: Vec<DiscoveredView>,
+    total_hosts: u64,
+    total_discovered: u64,
+    limit: u32,
+    offset: u64,
+}
+
+/// `?limit=N&offset=M&host=NAME|MAC`.
+#[derive(Debug, Deserialize)]
+pub struct HostsQuery {
+    limit: Option<u32>,
+    offset: Option<u64>,
+    /// An inventory host's name, or a MAC: the host that owns it, or the discovered machine.
+    host: Option<String>,
+}
+
+pub const HOSTS_PAGE_DEFAULT: u32 = 100;
+pub const HOSTS_PAGE_MAX: u32 = 1000;
+
+pub async fn api_hosts(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<HostsQuery>,
+) -> Response {
     let cat = st.catalog.load_full();
     let store = st.events.clone();
+    let limit = q.limit.unwrap_or(HOSTS_PAGE_DEFAULT).min(HOSTS_PAGE_MAX);
+    let offset = q.offset.unwrap_or(0);
     let res = tokio::task::spawn_blocking(move || -> Result<_, crate::events::EventsError> {
-        let mut last = store.last_by_mac()?;
         let site = &cat.site;
-        let hosts: Vec<HostView> = site
+        // `?host=` with nothing after it selects nothing in particular: the whole list.
+        let wanted = q.host.as_deref().filter(|h| !h.is_empty());
+        let wanted_mac = wanted.and_then(|h| h.parse::<Mac>().ok());
+        let selected: Vec<&pxeforge_site::Host> = site
             .hosts
             .iter()
-            .map(|h| {
-                let last_event = h
+            .filter(|h| match wanted {
+                None => true,
+                Some(name) => h.name == name || wanted_mac.is_some_and(|m| h.macs.contains(&m)),
+            })
+            .collect();
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let page: Vec<&pxeforge_site::Host> = selected
+            .iter()
+            .skip(skip)
+            .take(limit as usize)
+            .copied()
+            .collect();
+        // Discovered machines whose MAC has since joined the inventory are shown as hosts.
+        let (discovered, total_discovered) = match (wanted, wanted_mac) {
+            (None, _) => {
+                let inventory: Vec<String> = site
+                    .hosts
+                    .iter()
+                    .flat_map(|h| h.macs.iter().map(|m| m.to_string()))
+                    .collect();
+                store.discovered_page(&inventory, limit, offset)?
+            }
+            (Some(_), Some(m)) if site.host_by_mac(&m).is_none() => {
+                let one = store.discovered_one(&m.to_string())?;
+                let total = u64::from(one.is_some());
+                let shown = one.filter(|_| offset == 0 && limit > 0);
+                (shown.into_iter().collect(), total)
+            }
+            (Some(_), _) => (Vec::new(), 0),
+        };
+        let macs: Vec<String> = page
+            .iter()
+            .flat_map(|h| h.macs.iter().map(|m| m.to_string()))
+            .chain(discovered.iter().map(|d| d.mac.clone()))
+            .collect();
+        let mut last = store.last_for_macs(&macs)?;
+        let hosts = page
+            .iter()
+            .map(|h| HostView {
+                name: h.name.clone(),
+                macs: h.macs.iter().map(|m| m.to_string()).collect(),
+                profile: h.profile.clone(),
+                install: h.install,
+                last_event: h
                     .macs
                     .iter()
                     .filter_map(|m| last.get(&m.to_string()))
                     .max_by_key(|e| e.id)
-                    .cloned();
-                HostView {
-                    name: h.name.clone(),
-                    macs: h.macs.iter().map(|m| m.to_string()).collect(),
-                    profile: h.profile.clone(),
-                    install: h.install,
-                    last_event,
-                }
+                    .cloned(),
             })
             .collect();
-        let discovered: Vec<DiscoveredView> = store
-            .discovered()?
+        let discovered = discovered
             .into_iter()
-            .filter(|d| {
-                d.mac
-                    .parse::<Mac>()
-                    .map(|m| site.host_by_mac(&m).is_none())
-                    .unwrap_or(true)
-            })
             .map(|d| DiscoveredView {
                 last_event: last.remove(&d.mac),
                 facts: serde_json::from_str(&d.facts).unwrap_or(serde_json::Value::Null),
@@ -206,7 +330,14 @@ pub async fn api_hosts(State(st): State<AppState>) -> Response {
                 seen_at: d.seen_at,
             })
             .collect();
-        Ok(serde_json::json!({ "hosts": hosts, "discovered": discovered }))
+        Ok(HostsPage {
+            hosts,
+            discovered,
+            total_hosts: selected.len() as u64,
+            total_discovered,
+            limit,
+            offset,
+        })
     })
     .await;
     match res {

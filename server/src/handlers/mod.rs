@@ -7,7 +7,8 @@ pub mod events;
 pub mod scripts;
 pub mod state;
 
-use axum::extract::{MatchedPath, Request, State};
+use crate::ratelimit::RateLimiter;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,14 +16,29 @@ use axum::routing::get;
 use axum::Router;
 use pxeforge_httpd::files;
 pub use state::{AppState, MetricsWriter, Shared};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 pub fn router(state: AppState) -> Router {
+    // The event store applies the limits of the catalog in force at each write, so that a
+    // reload changes them at once (the store knows nothing of catalogs).
+    let catalog = state.catalog.clone();
+    state.events.set_limits_source(Arc::new(move || {
+        crate::events::Limits::from_settings(&catalog.load().site.settings.install)
+    }));
+    let limiter = Arc::new(RateLimiter::default());
     Router::new()
         .route("/boot.ipxe", get(scripts::bootstrap))
         .route("/ipxe", get(scripts::host_script))
         .route("/ks", get(scripts::kickstart_by_headers))
         .route("/ks/{mac}", get(scripts::kickstart))
-        .route("/events", axum::routing::post(events::post_event))
+        .route(
+            "/events",
+            axum::routing::post(events::post_event).route_layer(middleware::from_fn_with_state(
+                (state.clone(), limiter),
+                limit_events,
+            )),
+        )
         .route("/api/hosts", get(events::api_hosts))
         .route("/assets/{*path}", get(assets))
         .route("/tftp/{*path}", get(tftp_files))
@@ -32,6 +48,39 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The per-source rate limit of `POST /events` (`install.events_per_minute`, read per request
+/// so that a reload applies). It answers before anything else looks at the request: body,
+/// token or validity.
+async fn limit_events(
+    State((st, limiter)): State<(AppState, Arc<RateLimiter>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let per_minute = st.catalog.load().site.settings.install.events_per_minute;
+    // The transport always sets the peer address; without one, every such request shares one
+    // bucket rather than going unlimited.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match limiter.check(ip, per_minute, std::time::Instant::now()) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            st.metrics
+                .events_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(remote = %ip, per_minute, "event rate limited");
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, wait.as_secs().to_string())],
+                format!("more than {per_minute} events a minute from this address\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Counts and logs every request by its route pattern (bounded labels) and status.

@@ -31,6 +31,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub catalog: Arc<ArcSwap<Catalog>>,
     pub events: Arc<EventStore>,
+    /// Host build state (armed, installing, installed, failed) and the build tokens.
+    pub build: Arc<crate::buildstate::Store>,
     pub metrics: Arc<Metrics>,
     /// Resolved at startup: the directories a running server serves stay fixed across reloads.
     pub assets_dir: PathBuf,

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub tftp_files: HashMap<String, Arc<Vec<u8>>>,
     /// HTTP path → content, for the big downloads.
     pub http_files: HashMap<String, Arc<Vec<u8>>>,
+    /// After `finished`, boot each host once more: it must get the local-boot script.
+    pub reboot: bool,
 }
 
 /// What a rendered iPXE script makes the host fetch.
@@ -78,6 +80,28 @@ pub fn script_fetches(script: &str) -> Fetches {
         }
     }
     f
+}
+
+/// The build token of `name`'s kickstart URL (the path and query of `inst.ks=` on the simulated
+/// server): it must be `/ks/NAME?token=T` with T 32 hex digits, as the server renders it for
+/// an armed host. Pure.
+pub fn ks_token(path: &str, name: &str) -> Result<String, String> {
+    let (p, query) = path
+        .split_once('?')
+        .ok_or_else(|| format!("{path}: no ?token= in the kickstart URL"))?;
+    if p != format!("/ks/{name}") {
+        return Err(format!(
+            "{path}: the kickstart URL does not name /ks/{name}"
+        ));
+    }
+    let token = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .ok_or_else(|| format!("{path}: no token= in the kickstart URL"))?;
+    if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{path}: the token is not 32 hex digits"));
+    }
+    Ok(token.to_string())
 }
 
 fn failure(stage: Stage, why: impl std::fmt::Display) -> (Option<Stage>, String) {
@@ -238,7 +262,10 @@ async fn run_stages(
     }
     let fetches = script_fetches(&script);
     if fetches.kernels.is_empty() {
-        return Err(failure(Stage::HostScript, "the script boots no kernel"));
+        return Err(failure(
+            Stage::HostScript,
+            "the script boots no kernel (the local-boot script: was the host armed?)",
+        ));
     }
     let prefix = format!("http://{}", ctx.http);
     for (stage, urls) in [
@@ -276,6 +303,7 @@ async fn run_stages(
             )
         })?
         .to_string();
+    let token = ks_token(&path, &h.name).map_err(|why| failure(Stage::Kickstart, why))?;
     let r = timed(
         ctx,
         out,
@@ -284,12 +312,21 @@ async fn run_stages(
     )
     .await?;
     out.http_bytes += r.length;
-    if r.status != 200 || !String::from_utf8_lossy(&r.body).contains("%post") {
+    let kickstart = String::from_utf8_lossy(&r.body);
+    if r.status != 200 || !kickstart.contains("%post") {
         return Err(failure(
             Stage::Kickstart,
             format!("status {}, or no %post in the kickstart", r.status),
         ));
     }
+    // The installer reports with the build's token, so the kickstart must carry it.
+    if !kickstart.contains(&token) {
+        return Err(failure(
+            Stage::Kickstart,
+            "the kickstart does not carry the build token for its events",
+        ));
+    }
+    let bearer = format!("Bearer {token}");
     let start = Instant::now();
     for status in ["started", "finished"] {
         let body = format!(
@@ -301,26 +338,85 @@ async fn run_stages(
             ctx,
             out,
             Stage::Events,
-            conn.request(
+            conn.request_with(
                 "POST",
                 "/events",
+                &[("Authorization", &bearer)],
                 Some(("application/json", body.as_bytes())),
                 Expect::Keep,
             ),
         )
         .await?;
         if !(200..300).contains(&r.status) {
+            let hint = if r.status == 429 {
+                " (the server's install.events_per_minute limit for one address)"
+            } else {
+                ""
+            };
             return Err(failure(
                 Stage::Events,
                 format!(
-                    "{status}: status {}: {}",
+                    "{status}: status {}{hint}: {}",
                     r.status,
-                    String::from_utf8_lossy(&r.body)
+                    String::from_utf8_lossy(&r.body).trim_end()
                 ),
             ));
         }
     }
     out.times[Stage::Events.index()] = Some(start.elapsed());
+    out.installed = true;
+    if ctx.reboot {
+        second_boot(ctx, h, &target, out).await?;
+    }
+    Ok(())
+}
+
+/// The installed host boots again. Its firmware stages are not repeated: what is checked is the
+/// server's answer at iPXE, which must now be the local-boot script (no kernel, no kickstart).
+async fn second_boot(
+    ctx: &Ctx,
+    h: &SimHost,
+    target: &str,
+    out: &mut HostOutcome,
+) -> Result<(), (Option<Stage>, String)> {
+    let fail = |why: String| failure(Stage::Reboot, why);
+    let (script, length) = timed(ctx, out, Stage::Reboot, async {
+        // A rebooted machine opens a new connection.
+        let mut conn = Conn::new(ctx.http);
+        let r = conn
+            .request("GET", "/boot.ipxe", None, Expect::Keep)
+            .await
+            .map_err(|e| format!("GET /boot.ipxe: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("GET /boot.ipxe: status {}", r.status));
+        }
+        let mut length = r.length;
+        let r = conn
+            .request("GET", target, None, Expect::Keep)
+            .await
+            .map_err(|e| format!("GET /ipxe: {e}"))?;
+        length += r.length;
+        if r.status != 200 {
+            return Err(format!("GET /ipxe: status {}", r.status));
+        }
+        Ok((String::from_utf8_lossy(&r.body).into_owned(), length))
+    })
+    .await?;
+    out.http_bytes += length;
+    if !script.contains(&h.name) {
+        return Err(fail(format!(
+            "the second boot's script is not {}'s",
+            h.name
+        )));
+    }
+    let f = script_fetches(&script);
+    if !f.kernels.is_empty() || !f.initrds.is_empty() || f.kickstart.is_some() {
+        return Err(fail(format!(
+            "installed, yet the second boot got a script that boots {} (not the local-boot script)",
+            f.kernels.first().map_or("an initrd", String::as_str)
+        )));
+    }
+    out.local_after_install = true;
     Ok(())
 }
 
@@ -344,5 +440,29 @@ mod tests {
             script_fetches("#!ipxe\nsanboot --drive 0x80\nexit 1\n"),
             Fetches::default()
         );
+    }
+
+    #[test]
+    fn kickstart_urls_carry_the_hosts_build_token() {
+        let t = "0123456789abcdef0123456789ABCDEF";
+        assert_eq!(
+            ks_token(&format!("/ks/sim-00001?token={t}"), "sim-00001"),
+            Ok(t.into())
+        );
+        assert_eq!(
+            ks_token(&format!("/ks/sim-00001?x=1&token={t}"), "sim-00001"),
+            Ok(t.into())
+        );
+        // Another host's URL, the old MAC URL, no token, or a malformed one.
+        assert!(ks_token(&format!("/ks/sim-00002?token={t}"), "sim-00001").is_err());
+        assert!(ks_token("/ks/02-50-46-00-00-01", "sim-00001").is_err());
+        assert!(ks_token("/ks/sim-00001?tok=1", "sim-00001").is_err());
+        assert!(ks_token("/ks/sim-00001?token=abc", "sim-00001").is_err());
+        assert!(ks_token(&format!("/ks/sim-00001?token={t}0"), "sim-00001").is_err());
+        assert!(ks_token(
+            "/ks/sim-00001?token=0123456789abcdef0123456789abcdeg",
+            "sim-00001"
+        )
+        .is_err());
     }
 }

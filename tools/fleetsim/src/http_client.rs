@@ -119,11 +119,27 @@ impl Conn {
         body: Option<(&str, &[u8])>,
         expect: Expect<'_>,
     ) -> Result<Response, HttpError> {
+        self.request_with(method, target, &[], body, expect).await
+    }
+
+    /// `request` with extra header lines (`Authorization`, ...).
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+        expect: Expect<'_>,
+    ) -> Result<Response, HttpError> {
         let reused = self.stream.is_some();
-        match self.try_request(method, target, body, &expect).await {
+        match self
+            .try_request(method, target, headers, body, &expect)
+            .await
+        {
             Err(HttpError::Io(_)) | Err(HttpError::Truncated { got: 0, want: 0 }) if reused => {
                 self.stream = None;
-                self.try_request(method, target, body, &expect).await
+                self.try_request(method, target, headers, body, &expect)
+                    .await
             }
             other => other,
         }
@@ -133,6 +149,7 @@ impl Conn {
         &mut self,
         method: &str,
         target: &str,
+        headers: &[(&str, &str)],
         body: Option<(&str, &[u8])>,
         expect: &Expect<'_>,
     ) -> Result<Response, HttpError> {
@@ -148,6 +165,9 @@ impl Conn {
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pxeforge-fleet-sim\r\n",
             self.addr
         );
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some((ctype, b)) = body {
             req.push_str(&format!(
                 "Content-Type: {ctype}\r\nContent-Length: {}\r\n",

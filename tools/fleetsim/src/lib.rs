@@ -3,6 +3,11 @@
 //! scripts, kernel + initrd, the kickstart and the install events, in order; the report gives
 //! hosts per minute, each stage's p50/p99, failures, and the server's peak memory and CPU.
 //!
+//! The server installs a host once: before it starts, every simulated host is armed with
+//! `pxeforge reinstall --all` in the simulation's state directory. Each host then takes its
+//! kickstart URL (with its build token) from the `inst.ks=` of its install script, posts its
+//! events with that token, and with `--reboot` boots once more and must get the local-boot script.
+//!
 //! As root the simulation first moves itself into a private network namespace, so that the
 //! DHCP server can own ports 67/68/4011 on its loopback without touching the machine's network.
 
@@ -67,6 +72,9 @@ pub struct FleetSimArgs {
     /// Stay in this network namespace even as root (skips DHCP)
     #[arg(long)]
     pub no_netns: bool,
+    /// After its install, boot each host once more: it must get the local-boot script
+    #[arg(long)]
+    pub reboot: bool,
 }
 
 /// `512`, `64K`, `8M`, `1G`, `8MiB`.
@@ -251,6 +259,16 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
     };
+    // A new state store adopts every host as installed: arm them, as an operator would.
+    let armed = arm_hosts(
+        &exe,
+        &sim_site,
+        &state,
+        &args.server_log,
+        &sim_hosts,
+        &work.path.join("reinstall.log"),
+    )?;
+    eprintln!("fleet-sim: armed {armed} hosts (pxeforge reinstall --all)");
     let mut cmd = Command::new(&exe);
     cmd.arg("serve")
         .arg("--site")
@@ -317,6 +335,7 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
                 stage_timeout: Duration::from_secs(args.stage_timeout),
                 tftp_files,
                 http_files,
+                reboot: args.reboot,
             });
             let before = server.stats()?;
             let self_before = child::proc_stats("/proc/self")?;
@@ -377,6 +396,8 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
     let report = stats::render(&stats::Report {
         header,
         outcomes: &outcomes,
+        armed,
+        reboot: args.reboot,
         usage: stats::Usage {
             wall,
             server_cpu_secs: after.cpu_secs - before.cpu_secs,
@@ -393,37 +414,105 @@ pub fn run(args: &FleetSimArgs) -> Result<i32> {
     Ok(if failures == 0 && n > 0 { 0 } else { 1 })
 }
 
+/// Runs `EXE reinstall --all --yes` on the simulated site and state (before `serve` starts, so
+/// that it finds them armed), keeping its output in `log`; every simulated host must have been
+/// armed. Returns how many hosts it armed.
+fn arm_hosts(
+    exe: &Path,
+    site: &Path,
+    state: &Path,
+    log_level: &str,
+    hosts: &[SimHost],
+    log: &Path,
+) -> Result<usize> {
+    let out = Command::new(exe)
+        .args(["reinstall", "--all", "--yes", "--site"])
+        .arg(site)
+        .arg("--state")
+        .arg(state)
+        .env("PXEFORGE_LOG", log_level)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} reinstall", exe.display()))?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    std::fs::write(log, format!("{stdout}{stderr}")).with_context(|| log.display().to_string())?;
+    let tail = |text: &str| {
+        let lines: Vec<&str> = text.lines().rev().take(20).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    if !out.status.success() {
+        bail!(
+            "`{} reinstall --all --yes` failed ({}):\n{}",
+            exe.display(),
+            out.status,
+            tail(&stderr)
+        );
+    }
+    let armed = armed_names(&stdout);
+    let missing: Vec<&str> = hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .filter(|n| !armed.contains(n))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "`{} reinstall --all --yes` armed {} of the {} simulated hosts (not {}{}); it said:\n{}",
+            exe.display(),
+            hosts.len() - missing.len(),
+            hosts.len(),
+            missing[..missing.len().min(5)].join(", "),
+            if missing.len() > 5 { ", ..." } else { "" },
+            tail(&format!("{stdout}{stderr}"))
+        );
+    }
+    Ok(armed.len())
+}
+
+/// The hosts `pxeforge reinstall` reports as armed (`NAME: installed -> armed: ...`). Pure.
+fn armed_names(stdout: &str) -> std::collections::HashSet<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(": ")?;
+            let to = rest.split_once("->")?.1.trim_start();
+            to.starts_with("armed").then_some(name.trim())
+        })
+        .collect()
+}
+
 fn machine_jiffies() -> Option<(u64, u64)> {
     stats::cpu_jiffies(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// The server's own account must agree: every host that booted has `finished` as its last
-/// event in the journal (GET /api/hosts).
+/// event in the journal (GET /api/hosts, a page at a time).
 async fn check_journal(
     ctx: &Ctx,
     names: &[String],
     outcomes: &mut [stats::HostOutcome],
 ) -> Result<()> {
     let mut conn = http_client::Conn::new(ctx.http);
-    let r = conn
-        .request("GET", "/api/hosts", None, http_client::Expect::Keep)
-        .await
-        .context("GET /api/hosts")?;
-    if r.status != 200 {
-        bail!("GET /api/hosts: status {}", r.status);
+    let mut finished = std::collections::HashSet::new();
+    let mut offset = 0u64;
+    loop {
+        let path = format!("/api/hosts?limit={JOURNAL_PAGE}&offset={offset}");
+        let r = conn
+            .request("GET", &path, None, http_client::Expect::Keep)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if r.status != 200 {
+            bail!("GET {path}: status {}", r.status);
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(&r.body).context("/api/hosts is not JSON")?;
+        match journal_page(&doc, &mut finished) {
+            Some(next) if next > offset => offset = next,
+            _ => break,
+        }
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&r.body).context("/api/hosts is not JSON")?;
-    let finished: std::collections::HashSet<&str> = doc["hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter(|h| h["last_event"]["status"] == "finished")
-                .filter_map(|h| h["name"].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
     for (name, o) in names.iter().zip(outcomes.iter_mut()) {
         if o.failure.is_none() && !finished.contains(name.as_str()) {
             o.failure = Some((
@@ -435,16 +524,42 @@ async fn check_journal(
     Ok(())
 }
 
+/// Hosts asked for per page of `/api/hosts` (the server's largest page).
+const JOURNAL_PAGE: u64 = 1000;
+
+/// Adds the hosts of one `/api/hosts` page whose last event is `finished` to `finished`;
+/// returns the offset of the next page, if there is one. Pure.
+fn journal_page(
+    doc: &serde_json::Value,
+    finished: &mut std::collections::HashSet<String>,
+) -> Option<u64> {
+    let hosts = doc["hosts"].as_array()?;
+    finished.extend(
+        hosts
+            .iter()
+            .filter(|h| h["last_event"]["status"] == "finished")
+            .filter_map(|h| h["name"].as_str().map(str::to_string)),
+    );
+    let next = doc["offset"].as_u64()? + hosts.len() as u64;
+    (!hosts.is_empty() && next < doc["total_hosts"].as_u64()?).then_some(next)
+}
+
 fn is_uefi(site: &Site, profile: &str) -> bool {
     site.profiles
         .get(profile)
         .is_some_and(|p| p.firmware == Firmware::Uefi)
 }
 
+/// The site's hosts that pxeforge installs from a kickstart (the ones `reinstall` arms).
 fn site_hosts(site: &Site) -> Vec<SimHost> {
     site.hosts
         .iter()
         .filter(|h| h.install)
+        .filter(|h| {
+            site.profiles
+                .get(&h.profile)
+                .is_some_and(|p| matches!(p.boot, BootMethod::Install | BootMethod::Image))
+        })
         .enumerate()
         .filter_map(|(i, h)| {
             Some(SimHost {
@@ -471,5 +586,42 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn reads_which_hosts_reinstall_armed() {
+        let out = "sim-00000: installed -> armed: installs at its next network boot\n\
+                   sim-00001: failed -> armed: installs at its next network boot\n\
+                   sim-00002: armed -> armed: installs at its next network boot\n\
+                   note: something else -> elsewhere\n";
+        let mut names: Vec<&str> = armed_names(out).into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["sim-00000", "sim-00001", "sim-00002"]);
+        assert!(armed_names("").is_empty());
+    }
+
+    #[test]
+    fn journal_pages() {
+        let mut finished = std::collections::HashSet::new();
+        let page = serde_json::json!({
+            "hosts": [
+                {"name": "a", "last_event": {"status": "finished"}},
+                {"name": "b", "last_event": {"status": "failed"}},
+                {"name": "c", "last_event": null}
+            ],
+            "discovered": [], "total_hosts": 5, "total_discovered": 0, "limit": 3, "offset": 0
+        });
+        assert_eq!(journal_page(&page, &mut finished), Some(3));
+        let last = serde_json::json!({
+            "hosts": [{"name": "d", "last_event": {"status": "finished"}}, {"name": "e"}],
+            "discovered": [], "total_hosts": 5, "total_discovered": 0, "limit": 3, "offset": 3
+        });
+        assert_eq!(journal_page(&last, &mut finished), None);
+        let mut names: Vec<_> = finished.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["a", "d"]);
+        // An empty page ends the walk whatever the total says.
+        let empty = serde_json::json!({"hosts": [], "total_hosts": 9, "offset": 4});
+        assert_eq!(journal_page(&empty, &mut Default::default()), None);
     }
 }

@@ -10,6 +10,11 @@ use std::path::Path;
 /// Where the simulation's install repository lives under the assets directory.
 pub const REPO_DIR: &str = "sim-repo";
 
+/// `install.events_per_minute` of the simulated site. Every simulated host posts its events
+/// from 127.0.0.1, so the per-address limit (600 by default, meant for one installer) would
+/// answer a storm with 429; the simulation measures the server, not that limit.
+pub const EVENTS_PER_MINUTE: u32 = 10_000_000;
+
 /// A locally administered MAC per host index (02:50:46 = "PF").
 pub fn mac_for(i: usize) -> [u8; 6] {
     let b = (i as u32).to_be_bytes();
@@ -50,14 +55,22 @@ pub fn hosts_toml(n: usize, profiles: &[String]) -> Result<String> {
     Ok(out)
 }
 
-/// The site's settings with every release's install repository at `repo_url`, and the
-/// advertised base URL taken from each request (the simulation's server is on loopback).
+/// The site's settings with every release's install repository at `repo_url`, the
+/// advertised base URL taken from each request (the simulation's server is on loopback), and
+/// the per-address event limit raised to `EVENTS_PER_MINUTE` (one address is the whole fleet).
 pub fn rewrite_settings(text: &str, repo_url: &str) -> Result<String> {
     let mut doc: toml::Table = toml::from_str(text).context("parsing pxeforge.toml")?;
     if let Some(toml::Value::Table(server)) = doc.get_mut("server") {
         server.insert("base_url".into(), toml::Value::String(String::new()));
     }
-    if let Some(toml::Value::Table(install)) = doc.get_mut("install") {
+    if let toml::Value::Table(install) = doc
+        .entry("install")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    {
+        install.insert(
+            "events_per_minute".into(),
+            toml::Value::Integer(i64::from(EVENTS_PER_MINUTE)),
+        );
         if let Some(toml::Value::Table(releases)) = install.get_mut("releases") {
             for (_, rel) in releases.iter_mut() {
                 if let toml::Value::Table(rel) = rel {
@@ -165,6 +178,19 @@ mod tests {
             assert_eq!(
                 out["install"]["releases"][r]["repo"].as_str(),
                 Some("http://127.0.0.1:1/assets/r")
+            );
+        }
+        assert_eq!(
+            out["install"]["events_per_minute"].as_integer(),
+            Some(i64::from(EVENTS_PER_MINUTE))
+        );
+        // A site without an [install] table (or with its own limit) gets it too.
+        for text in ["[server]\n", "[install]\nevents_per_minute = 5\n"] {
+            let out: toml::Table =
+                toml::from_str(&rewrite_settings(text, "http://r").unwrap()).unwrap();
+            assert_eq!(
+                out["install"]["events_per_minute"].as_integer(),
+                Some(i64::from(EVENTS_PER_MINUTE))
             );
         }
     }

@@ -16,10 +16,12 @@ pub enum Stage {
     Initrd,
     Kickstart,
     Events,
+    /// The installed host's next boot (`--reboot`): /boot.ipxe and /ipxe again.
+    Reboot,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Dhcp,
         Stage::Tftp,
         Stage::DhcpIpxe,
@@ -29,6 +31,7 @@ impl Stage {
         Stage::Initrd,
         Stage::Kickstart,
         Stage::Events,
+        Stage::Reboot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,8 +43,9 @@ impl Stage {
             Stage::HostScript => "GET /ipxe?mac=",
             Stage::Kernel => "kernel (http)",
             Stage::Initrd => "initrd (http)",
-            Stage::Kickstart => "GET /ks/MAC",
+            Stage::Kickstart => "GET /ks/HOST?token",
             Stage::Events => "POST /events x2",
+            Stage::Reboot => "second boot: local",
         }
     }
 
@@ -53,8 +57,12 @@ impl Stage {
 /// What one simulated host went through.
 #[derive(Debug, Clone, Default)]
 pub struct HostOutcome {
-    pub times: [Option<Duration>; 9],
+    pub times: [Option<Duration>; Stage::ALL.len()],
     pub failure: Option<(Option<Stage>, String)>,
+    /// The server accepted the host's `finished` event (sent with its build token).
+    pub installed: bool,
+    /// On its second boot the host got the local-boot script (no kernel).
+    pub local_after_install: bool,
     pub http_bytes: u64,
     pub tftp_bytes: u64,
 }
@@ -161,6 +169,10 @@ pub fn verdict(u: &Usage) -> String {
 pub struct Report<'a> {
     pub header: String,
     pub outcomes: &'a [HostOutcome],
+    /// Hosts `pxeforge reinstall --all` armed before the server started.
+    pub armed: usize,
+    /// Whether every host booted a second time after its install (`--reboot`).
+    pub reboot: bool,
     pub usage: Usage,
     pub notes: Vec<String>,
 }
@@ -193,6 +205,21 @@ pub fn render(r: &Report<'_>) -> String {
         wall,
         per_min
     );
+    let installed = r.outcomes.iter().filter(|o| o.installed).count();
+    let _ = writeln!(
+        out,
+        "build state: {} armed, {installed} installed (kickstart and events with the build token)",
+        r.armed
+    );
+    if r.reboot {
+        let local = r.outcomes.iter().filter(|o| o.local_after_install).count();
+        let _ = writeln!(
+            out,
+            "second boot: {local} of {installed} installed hosts got the local-boot script (no kernel)"
+        );
+    } else {
+        let _ = writeln!(out, "second boot: not simulated (--reboot)");
+    }
     let _ = writeln!(
         out,
         "transferred: HTTP {:.2} GiB ({:.2} GiB/s), TFTP {:.1} MiB",
@@ -288,6 +315,8 @@ mod tests {
         let text = render(&Report {
             header: "h".into(),
             outcomes: &outs,
+            armed: 3,
+            reboot: false,
             usage: Usage {
                 wall: Duration::from_secs(60),
                 cpus: 2,
@@ -296,6 +325,8 @@ mod tests {
             notes: vec![],
         });
         assert!(text.contains("hosts: 3, booted: 2, failures: 1"), "{text}");
+        assert!(text.contains("build state: 3 armed, 0 installed"), "{text}");
+        assert!(text.contains("second boot: not simulated"), "{text}");
         assert!(
             text.contains("FAILED at tftp ipxe binary: timeout"),
             "{text}"
@@ -332,5 +363,39 @@ mod tests {
             Some((15, 100))
         );
         assert_eq!(cpu_jiffies("intr 1 2"), None);
+    }
+
+    #[test]
+    fn report_counts_installs_and_local_second_boots() {
+        let mut done = HostOutcome {
+            installed: true,
+            local_after_install: true,
+            ..Default::default()
+        };
+        done.times[Stage::Reboot.index()] = Some(d(3));
+        let installed_only = HostOutcome {
+            installed: true,
+            failure: Some((Some(Stage::Reboot), "got the install script again".into())),
+            ..Default::default()
+        };
+        let outs = vec![done.clone(), done, installed_only];
+        let text = render(&Report {
+            header: "h".into(),
+            outcomes: &outs,
+            armed: 3,
+            reboot: true,
+            usage: Usage::default(),
+            notes: vec![],
+        });
+        assert!(text.contains("build state: 3 armed, 3 installed"), "{text}");
+        assert!(
+            text.contains("second boot: 2 of 3 installed hosts got the local-boot script"),
+            "{text}"
+        );
+        assert!(text.contains("second boot: local      2"), "{text}");
+        assert!(
+            text.contains("FAILED at second boot: local: got the install script again"),
+            "{text}"
+        );
     }
 }

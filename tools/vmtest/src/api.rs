@@ -85,6 +85,17 @@ pub struct Poll {
     pub result: Result<Option<HostEvent>, String>,
 }
 
+/// The `/api/hosts` query for one MAC. Pure.
+pub fn hosts_query(mac: &str) -> String {
+    // A MAC is hex digits and separators, none of which needs encoding in a query; anything
+    // else is left out rather than sent raw.
+    let mac: String = mac
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-'))
+        .collect();
+    format!("/api/hosts?host={mac}")
+}
+
 /// Polls `/api/hosts` every `every` until `stop`; meant to run on a thread inside the namespace.
 pub fn poll_loop(
     addr: SocketAddr,
@@ -93,8 +104,10 @@ pub fn poll_loop(
     stop: Arc<AtomicBool>,
     tx: Sender<Poll>,
 ) {
+    // Only the entry of this MAC (an inventory host or a discovered machine), not a page of all.
+    let path = hosts_query(&mac);
     while !stop.load(Ordering::Relaxed) {
-        let result = http_get(addr, "/api/hosts")
+        let result = http_get(addr, &path)
             .map_err(|e| format!("{e:#}"))
             .and_then(|(code, body)| {
                 if code != 200 {
@@ -143,5 +156,14 @@ mod tests {
         assert_eq!(last_event_for(&v, "52:54:00:00:00:09").unwrap().id, 9);
         assert_eq!(last_event_for(&v, "52:54:00:00:00:0a"), None);
         assert_eq!(last_event_for(&json!([1, 2]), "52:54:00:00:00:01"), None);
+    }
+
+    #[test]
+    fn asks_for_one_mac() {
+        assert_eq!(
+            hosts_query("52:54:00:00:00:0a"),
+            "/api/hosts?host=52:54:00:00:00:0a"
+        );
+        assert_eq!(hosts_query("52:54 &q=?"), "/api/hosts?host=52:54");
     }
 }

@@ -2,9 +2,11 @@
 //! namespace, and reports how far it got and how long each stage took.
 //!
 //! One run: namespace + bridge + tap (and dnsmasq in a second namespace for proxy mode) →
-//! `pxeforge serve` bound to the bridge → QEMU (TCG) → follow the serial console, the serve log
-//! and `/api/hosts` → end on the host's `finished` (exit 0), `failed`, a local boot or the
-//! timeout (exit 1). Everything it started is stopped and removed on every exit, Ctrl-C included.
+//! the host armed (`pxeforge reinstall`) → `pxeforge serve` bound to the bridge → QEMU (TCG) →
+//! follow the serial console, the serve log and `/api/hosts` → end on the host's `finished`
+//! (exit 0), `failed`, a local boot or the timeout (exit 1). With `--expect-local-reboot` the
+//! run goes on after `finished` until the rebooted VM's second network boot gets the local-boot
+//! script. Everything it started is stopped and removed on every exit, Ctrl-C included.
 
 pub mod api;
 pub mod child;
@@ -26,6 +28,7 @@ use report::{EventSeen, Outcome, Report};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -93,9 +96,24 @@ pub struct VmTestArgs {
     /// Size of the VM's (empty, sparse) disk in MiB
     #[arg(long, default_value_t = 256)]
     pub disk_mib: u64,
-    /// The pxeforge binary that serves the boot (default: this one)
+    /// After `finished`, let the VM reboot (network first, then its disk) and go on until its
+    /// second network boot gets the local-boot script; fail if it gets the install script or the
+    /// kernel again (the kernel must be fetched exactly once)
+    #[arg(long)]
+    pub expect_local_reboot: bool,
+    /// The pxeforge binary that arms the host and serves the boot (default: this one)
     #[arg(long, value_name = "PATH", hide = true)]
     pub serve_exe: Option<PathBuf>,
+}
+
+impl VmTestArgs {
+    /// The pxeforge binary for `reinstall` and `serve`: `--serve-exe`, else the running one.
+    fn exe(&self) -> Result<PathBuf> {
+        match &self.serve_exe {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().context("locating the pxeforge binary"),
+        }
+    }
 }
 
 const HTTP_PORT: u16 = 8080;
@@ -147,6 +165,15 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         args.profile.as_deref(),
         args.firmware,
     )?;
+    if args.expect_local_reboot && !target.armable {
+        bail!(
+            "--expect-local-reboot needs a host of the site that installs from a kickstart (install = true, a profile that boots install or image){}",
+            match &target.host {
+                Some(h) => format!(": {h} does not"),
+                None => format!(": {} is an unknown machine", target.mac),
+            }
+        );
+    }
     // The settings' state directory, relative to the site (what `serve` uses without --state).
     let state_dir = args
         .state
@@ -202,15 +229,120 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         None => args.assets.clone(),
     };
 
+    // A host's build state decides its script, and a new store holds every host as installed:
+    // the host is armed before `serve` starts (which reads the store at every request anyway).
+    let armed = match (&target.host, target.armable) {
+        (Some(host), true) => {
+            let change = arm(args, host)?;
+            println!("pxeforge vm-test: armed {host} ({change}, pxeforge reinstall): it installs at this boot");
+            Some(change)
+        }
+        (Some(host), false) => {
+            println!("pxeforge vm-test: {host} is not installed from a kickstart: not armed");
+            None
+        }
+        (None, _) => None,
+    };
+
     catch_signals();
     let mut session = Session::start(args, assets.as_deref(), &out, &target, server, prefix)?;
     let outcome = session.follow(args, &target, &disk, ovmf, &facts)?;
-    let report = session.finish(args, &target, &out, &disk, outcome);
+    let mut report = session.finish(args, &target, &out, &disk, outcome);
+    report.armed = armed;
     let text = report.render();
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("report.txt"), &text)?;
     print!("{text}");
     Ok(report.exit_code)
+}
+
+/// Arms `host` with `pxeforge reinstall HOST` (the binary that serves the boot, the same site and
+/// state) and returns the change it made, e.g. `installed -> armed`.
+fn arm(args: &VmTestArgs, host: &str) -> Result<String> {
+    let exe = args.exe()?;
+    let mut last = String::new();
+    for attempt in 1..=3u32 {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("reinstall").arg(host).arg("--site").arg(&args.site);
+        if let Some(state) = &args.state {
+            cmd.arg("--state").arg(state);
+        }
+        // Its log of the transition repeats what it prints.
+        cmd.env("PXEFORGE_LOG", "warn");
+        let o = cmd
+            .output()
+            .with_context(|| format!("running {} reinstall {host}", exe.display()))?;
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            return Ok(armed_change(&stdout, host));
+        }
+        last = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+        // Another run sharing the state directory may hold the store's write lock for a moment.
+        if !(last.contains("locked") || last.contains("busy")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
+    }
+    let lines: Vec<String> = last.lines().map(str::to_string).collect();
+    bail!(
+        "could not arm {host} (`{} reinstall {host}`):\n  {}",
+        exe.display(),
+        self::last(&lines, 12).join("\n  ")
+    )
+}
+
+/// The change in `pxeforge reinstall`'s line `HOST: FROM -> armed: installs at …`. Pure.
+fn armed_change(stdout: &str, host: &str) -> String {
+    let prefix = format!("{host}: ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(": ").next())
+        .unwrap_or("armed")
+        .to_string()
+}
+
+/// The reason of a failed install: the event's, and what the test installer printed as its own
+/// reason when the event does not say it already (the server takes one `failed` per build, the
+/// kickstart's `%onerror` report, and refuses the installer's more precise one after it). Pure.
+fn failure_reason(event: &str, installer: Option<&str>) -> String {
+    match installer {
+        Some(i) if !i.is_empty() && !event.contains(i) => format!("{event} (the installer: {i})"),
+        _ => event.to_string(),
+    }
+}
+
+/// `--expect-local-reboot`: whether the host's second script request (the `script` it was sent,
+/// at `at` s) closes the install-once loop: after `finished`, the local-boot script, with the
+/// kernel fetched exactly once. Otherwise the outcome and its reason. Pure.
+fn second_boot_verdict(
+    host: &str,
+    script: &str,
+    at: f64,
+    finished: Option<f64>,
+    kernel_fetches: u32,
+) -> Result<(), (Outcome, String)> {
+    if finished.is_none() {
+        return Err((
+            Outcome::Failed,
+            format!("{host} booted from the network again at {at:.1}s before it reported finished (it was sent the {script} script)"),
+        ));
+    }
+    match script {
+        "local" if kernel_fetches == 1 => Ok(()),
+        "local" => Err((
+            Outcome::Reinstall,
+            format!("{host} was sent the local-boot script at {at:.1}s, but its kernel was fetched {kernel_fetches} times, not once"),
+        )),
+        "install" => Err((
+            Outcome::Reinstall,
+            format!("after finished, {host} was sent the install script again at {at:.1}s: the server holds it as armed, not installed"),
+        )),
+        other => Err((
+            Outcome::Reinstall,
+            format!("after finished, {host} was sent the {other:?} script at {at:.1}s, not the local-boot script"),
+        )),
+    }
 }
 
 /// What one run has started. Field order is drop order: VM, service, DHCP server, namespaces.
@@ -229,6 +361,16 @@ struct Session {
     baseline: i64,
     start: Instant,
     reason: String,
+    /// Successful kernel downloads seen in the serve log.
+    kernel_fetches: u32,
+    /// The scripts the server sent this host (`host script … script="…"`), in order.
+    host_scripts: Vec<String>,
+    /// When the host's `finished` was seen (event poll or serve log), seconds after the VM's start.
+    finished_at: Option<f64>,
+    /// `stage: message` of the last `failed` event.
+    failed_event: Option<String>,
+    /// The test installer's own reason (`pxeforge-installer: failed: …` on the console).
+    installer_failure: Option<String>,
 }
 
 struct Logs {
@@ -285,6 +427,11 @@ impl Session {
             baseline: 0,
             start: Instant::now(),
             reason: String::new(),
+            kernel_fetches: 0,
+            host_scripts: Vec::new(),
+            finished_at: None,
+            failed_event: None,
+            installer_failure: None,
         };
         if let Some(dns) = s.netns.dhcp_ns.clone() {
             let netmask = pxeforge_site::host::netmask(prefix);
@@ -301,10 +448,7 @@ impl Session {
             s.dnsmasq = Some(ChildGuard::spawn("dnsmasq", cmd, Source::Dnsmasq, &s.tx)?);
         }
 
-        let exe = match &args.serve_exe {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().context("locating the pxeforge binary")?,
-        };
+        let exe = args.exe()?;
         let mut cmd = netns::Netns::command(&s.netns.name, &exe.to_string_lossy());
         cmd.arg("serve").arg("--site").arg(&args.site);
         cmd.args([
@@ -418,6 +562,7 @@ impl Session {
             disk,
             bios_rom: &bios_rom,
             ovmf,
+            reboot: args.expect_local_reboot,
         };
         let mut cmd = netns::Netns::command(&self.netns.name, "qemu-system-x86_64");
         cmd.args(qemu::args(&spec));
@@ -433,12 +578,8 @@ impl Session {
             }
             if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 self.logs.write(&l);
-                if self.timeline.observe(self.start, &l) == Some(Stage::LocalBoot) {
-                    self.reason = format!(
-                        "no network install: the firmware went on to look for a local disk (last network stage: {})",
-                        self.last_stage(Some(Stage::LocalBoot))
-                    );
-                    return Ok(Outcome::LocalBoot);
+                if let Some(end) = self.on_line(args.expect_local_reboot, target, &l) {
+                    return Ok(end);
                 }
             }
             while let Ok(p) = self.polls.try_recv() {
@@ -453,10 +594,14 @@ impl Session {
                     event: ev.clone(),
                 });
                 match ev.status.as_str() {
-                    "finished" => return Ok(Outcome::Finished),
+                    "finished" if !args.expect_local_reboot => return Ok(Outcome::Finished),
+                    // The VM reboots now; the run ends at its second network boot.
+                    "finished" => {
+                        self.finished_at.get_or_insert(at);
+                    }
                     "failed" => {
                         // The installer may follow with a more precise reason before it powers off.
-                        self.reason = format!("{}: {}", ev.stage, ev.message);
+                        self.failed_event = Some(format!("{}: {}", ev.stage, ev.message));
                         failed_at.get_or_insert(Instant::now());
                     }
                     _ => {}
@@ -470,22 +615,127 @@ impl Session {
                 if vm_gone_at.is_some_and(|g| now > g + Duration::from_secs(1))
                     || now > t + Duration::from_secs(15)
                 {
+                    self.reason = failure_reason(
+                        self.failed_event.as_deref().unwrap_or("failed"),
+                        self.installer_failure.as_deref(),
+                    );
                     return Ok(Outcome::Failed);
                 }
             } else if vm_gone_at.is_some_and(|g| now > g + Duration::from_secs(2)) {
-                self.reason = format!(
-                    "the VM stopped without the host reporting finished or failed (last stage: {})",
-                    self.last_stage(None)
-                );
+                self.reason = match self.finished().filter(|_| args.expect_local_reboot) {
+                    Some(f) => format!(
+                        "the host reported finished at {f:.1}s, then the VM stopped instead of booting from the network again (last stage: {})",
+                        self.last_stage(None)
+                    ),
+                    None => format!(
+                        "the VM stopped without the host reporting finished or failed (last stage: {})",
+                        self.last_stage(None)
+                    ),
+                };
                 return Ok(Outcome::Stopped);
             }
             if now > deadline {
-                self.reason = format!(
-                    "no finished or failed event within {} s (last stage: {})",
-                    args.timeout,
-                    self.last_stage(None)
-                );
+                self.reason = match self.finished().filter(|_| args.expect_local_reboot) {
+                    Some(f) => format!(
+                        "the host reported finished at {f:.1}s, but no second network boot asked for its script within {} s (last stage: {})",
+                        args.timeout,
+                        self.last_stage(None)
+                    ),
+                    None => format!(
+                        "no finished or failed event within {} s (last stage: {})",
+                        args.timeout,
+                        self.last_stage(None)
+                    ),
+                };
                 return Ok(Outcome::Timeout);
+            }
+        }
+    }
+
+    /// When the host's `finished` was seen: by the event poll, or in the serve log.
+    fn finished(&self) -> Option<f64> {
+        let logged = self
+            .timeline
+            .marks()
+            .into_iter()
+            .find(|m| m.stage == Stage::EventFinished)
+            .map(|m| m.at_secs);
+        match (self.finished_at, logged) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One line of the console or a log: its stage, and whether it ends the run.
+    fn on_line(
+        &mut self,
+        expect_reboot: bool,
+        target: &target::Target,
+        l: &Line,
+    ) -> Option<Outcome> {
+        let stage = self.timeline.observe(self.start, l);
+        let at = secs(l.at.saturating_duration_since(self.start));
+        if l.source == Source::Serial {
+            if let Some(why) = l.text.split("pxeforge-installer: failed: ").nth(1) {
+                self.installer_failure = Some(why.trim().to_string());
+            }
+        }
+        if timeline::is_kernel_fetch(l.source, &l.text) {
+            self.kernel_fetches += 1;
+            if expect_reboot && self.kernel_fetches > 1 {
+                self.reason = format!(
+                    "the kernel was requested a second time at {at:.1}s{}: the host was installing again",
+                    if self.finished().is_some() { ", after finished" } else { "" }
+                );
+                return Some(Outcome::Reinstall);
+            }
+        }
+        let name = target.host.as_deref().unwrap_or("");
+        if let Some(hs) = (l.source == Source::Serve)
+            .then(|| timeline::host_script_line(&l.text))
+            .flatten()
+            .filter(|hs| hs.host == name)
+        {
+            self.host_scripts.push(hs.script.to_string());
+            if expect_reboot && self.host_scripts.len() > 1 {
+                return Some(self.second_boot(name, l, at));
+            }
+        }
+        if stage == Some(Stage::LocalBoot) {
+            let sent = match self.host_scripts.last().map(String::as_str) {
+                Some("local") => format!(" ({name} was sent the local-boot script)"),
+                _ => String::new(),
+            };
+            self.reason = match self.finished() {
+                Some(f) if expect_reboot => format!(
+                    "the host reported finished at {f:.1}s, but the VM went to its local disk at {at:.1}s without booting from the network again"
+                ),
+                _ => format!(
+                    "no network install: the firmware went on to look for a local disk{sent} (last network stage: {})",
+                    self.last_stage(Some(Stage::LocalBoot))
+                ),
+            };
+            return Some(Outcome::LocalBoot);
+        }
+        None
+    }
+
+    /// `--expect-local-reboot`: the host's second script request, the line `l` at `at` s.
+    fn second_boot(&mut self, host: &str, l: &Line, at: f64) -> Outcome {
+        let script = self.host_scripts.last().cloned().unwrap_or_default();
+        match second_boot_verdict(host, &script, at, self.finished(), self.kernel_fetches) {
+            Ok(()) => {
+                // Shown without the MAC, so that the report's column reaches `script="local"`.
+                let shown = Line {
+                    text: timeline::without_field(&l.text, "mac"),
+                    ..l.clone()
+                };
+                self.timeline.mark(self.start, Stage::LocalReboot, &shown);
+                Outcome::Finished
+            }
+            Err((outcome, reason)) => {
+                self.reason = reason;
+                outcome
             }
         }
     }
@@ -525,6 +775,9 @@ impl Session {
         while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
             self.logs.write(&l);
             self.timeline.observe(self.start, &l);
+            if timeline::is_kernel_fetch(l.source, &l.text) {
+                self.kernel_fetches += 1;
+            }
         }
         Report {
             host: target.host.clone(),
@@ -536,6 +789,9 @@ impl Session {
             reason: self.reason.clone(),
             exit_code: outcome.exit_code(),
             duration_secs: duration,
+            kernel_fetches: self.kernel_fetches,
+            expect_local_reboot: args.expect_local_reboot,
+            armed: None,
             stages: self.timeline.marks(),
             events: self.events.clone(),
             serial_log: out.join("serial.log").display().to_string(),
@@ -594,6 +850,44 @@ mod tests {
         std::fs::write(build.join("vmlinuz"), kernel).unwrap();
         std::fs::write(build.join("initramfs.img"), "initramfs").unwrap();
         std::os::unix::fs::symlink("b1", build.parent().unwrap().join("current")).unwrap();
+    }
+
+    #[test]
+    fn arming_output_and_failure_reasons() {
+        assert_eq!(
+            armed_change(
+                "vm-bios: installed -> armed: installs at its next network boot\n",
+                "vm-bios"
+            ),
+            "installed -> armed"
+        );
+        assert_eq!(armed_change("", "vm-bios"), "armed");
+        let precise = "post: %post script failed with exit code 3: /etc/x is missing";
+        assert_eq!(
+            failure_reason("install: installation of vm-postfail failed", Some(precise)),
+            format!("install: installation of vm-postfail failed (the installer: {precise})")
+        );
+        assert_eq!(failure_reason(precise, Some(precise)), precise);
+        assert_eq!(failure_reason("install: failed", None), "install: failed");
+    }
+
+    #[test]
+    fn the_second_boot_must_be_the_local_one() {
+        let v = |script, finished, kernels| {
+            second_boot_verdict("vm-bios", script, 60.0, finished, kernels)
+        };
+        assert_eq!(v("local", Some(31.0), 1), Ok(()));
+        let (o, why) = v("install", Some(31.0), 1).unwrap_err();
+        assert_eq!(o, Outcome::Reinstall);
+        assert!(why.contains("install script again at 60.0s"), "{why}");
+        let (o, why) = v("local", Some(31.0), 2).unwrap_err();
+        assert_eq!(o, Outcome::Reinstall);
+        assert!(why.contains("fetched 2 times"), "{why}");
+        let (o, why) = v("local", None, 1).unwrap_err();
+        assert_eq!(o, Outcome::Failed);
+        assert!(why.contains("before it reported finished"), "{why}");
+        let (o, _) = v("by profile", Some(31.0), 1).unwrap_err();
+        assert_eq!(o, Outcome::Reinstall);
     }
 
     #[test]

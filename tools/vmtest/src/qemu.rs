@@ -13,10 +13,15 @@ pub struct VmSpec<'a> {
     pub bios_rom: &'a Path,
     /// OVMF: code (read-only) and this VM's own copy of the variable store.
     pub ovmf: Option<(PathBuf, PathBuf)>,
+    /// Let a guest reboot restart the VM (network first, then the disk) instead of ending QEMU.
+    pub reboot: bool,
 }
 
 /// Arguments after `qemu-system-x86_64`. The serial console goes to stdout, which the caller
 /// reads line by line; `-nographic` also makes SeaBIOS mirror its screen (and iPXE's) there.
+/// The NIC is the first boot device. Without `reboot`, a guest reboot ends QEMU
+/// (`-no-reboot`); with it the VM starts again and boots from the network again, then from its
+/// disk (`bootindex=2`), as a machine with "network, then disk" in its boot order does.
 pub fn args(vm: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = [
         "-accel",
@@ -26,11 +31,13 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
         "none",
         "-serial",
         "stdio",
-        "-no-reboot",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !vm.reboot {
+        a.push("-no-reboot".into());
+    }
     a.push("-m".into());
     a.push(vm.memory_mib.to_string());
     a.push("-netdev".into());
@@ -63,8 +70,18 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
     }
     a.push("-device".into());
     a.push(nic);
-    a.push("-drive".into());
-    a.push(format!("file={},format=raw,if=virtio", vm.disk.display()));
+    if vm.reboot {
+        a.push("-drive".into());
+        a.push(format!(
+            "file={},format=raw,if=none,id=d0",
+            vm.disk.display()
+        ));
+        a.push("-device".into());
+        a.push("virtio-blk-pci,drive=d0,bootindex=2".into());
+    } else {
+        a.push("-drive".into());
+        a.push(format!("file={},format=raw,if=virtio", vm.disk.display()));
+    }
     a
 }
 
@@ -84,9 +101,12 @@ mod tests {
             disk: &disk,
             bios_rom: &rom,
             ovmf: None,
+            reboot: false,
         };
         let a = args(&vm).join(" ");
         assert!(a.contains("-accel tcg"));
+        assert!(a.contains("-no-reboot"));
+        assert!(a.contains("file=/tmp/d.raw,format=raw,if=virtio"));
         assert!(a.contains(
             "mac=52:54:00:00:10:01,disable-legacy=on,romfile=/usr/lib/ipxe/qemu/pxe-virtio.rom"
         ));
@@ -97,5 +117,30 @@ mod tests {
         assert!(a.contains("romfile=,"));
         assert!(a.contains("readonly=on,file=/c.fd"));
         assert!(a.contains("if=pflash,format=raw,file=/v.fd"));
+    }
+
+    #[test]
+    fn a_rebooting_vm_boots_the_network_then_its_disk() {
+        let disk = PathBuf::from("/tmp/d.raw");
+        let rom = PathBuf::from("/usr/lib/ipxe/qemu/pxe-virtio.rom");
+        let vm = VmSpec {
+            firmware: Firmware::Bios,
+            mac: "52:54:00:00:10:01",
+            tap: "tap0",
+            memory_mib: 1024,
+            disk: &disk,
+            bios_rom: &rom,
+            ovmf: None,
+            reboot: true,
+        };
+        let a = args(&vm);
+        assert!(!a.iter().any(|x| x == "-no-reboot"), "{a:?}");
+        let a = a.join(" ");
+        assert!(a.contains("bootindex=1"), "{a}");
+        assert!(
+            a.contains("file=/tmp/d.raw,format=raw,if=none,id=d0"),
+            "{a}"
+        );
+        assert!(a.contains("virtio-blk-pci,drive=d0,bootindex=2"), "{a}");
     }
 }

@@ -16,6 +16,9 @@ pub enum Outcome {
     Interrupted,
     /// The VM stopped without the host reporting `finished` or `failed`.
     Stopped,
+    /// `--expect-local-reboot`: after `finished`, the host was sent the install script or its
+    /// kernel again instead of the local-boot script.
+    Reinstall,
 }
 
 impl Outcome {
@@ -44,8 +47,14 @@ pub struct Report {
     pub dhcp: String,
     pub outcome: Outcome,
     pub reason: String,
+    /// The build-state change vm-test made before the boot (`installed -> armed`), if it armed.
+    pub armed: Option<String>,
     pub exit_code: i32,
     pub duration_secs: f64,
+    /// Successful kernel downloads in the serve log (`GET …vmlinuz… status=200`).
+    pub kernel_fetches: u32,
+    /// Whether the run went on after `finished` until the host's local boot.
+    pub expect_local_reboot: bool,
     pub stages: Vec<Mark>,
     pub events: Vec<EventSeen>,
     pub serial_log: String,
@@ -66,6 +75,9 @@ impl Report {
             self.firmware,
             self.dhcp
         );
+        if let Some(change) = &self.armed {
+            let _ = writeln!(s, "  armed before the boot: {change} (pxeforge reinstall)");
+        }
         let _ = writeln!(s, "  {:<15} {:>8}  {:<10} line", "stage", "at", "seen in");
         for m in &self.stages {
             let _ = writeln!(
@@ -89,6 +101,16 @@ impl Report {
                 e.event.message
             );
         }
+        let _ = writeln!(
+            s,
+            "  kernel fetches: {}{}",
+            self.kernel_fetches,
+            if self.expect_local_reboot {
+                " (expected: exactly 1, then the local-boot script at the reboot)"
+            } else {
+                ""
+            }
+        );
         let verdict = match self.outcome {
             Outcome::Finished => "FINISHED".to_string(),
             other => format!("{} ({})", serde_plain(other).to_uppercase(), self.reason),
@@ -125,8 +147,11 @@ mod tests {
             dhcp: "proxy".into(),
             outcome: Outcome::Failed,
             reason: "%post failed".into(),
+            armed: Some("installed -> armed".into()),
             exit_code: 1,
             duration_secs: 30.25,
+            kernel_fetches: 1,
+            expect_local_reboot: false,
             stages: vec![Mark {
                 stage: Stage::Dhcp,
                 at_secs: 3.5,
@@ -140,8 +165,15 @@ mod tests {
         let text = r.render();
         assert!(text.contains("dhcp"), "{text}");
         assert!(text.contains("FAILED (%post failed)"), "{text}");
+        assert!(text.contains("kernel fetches: 1\n"), "{text}");
+        assert!(
+            text.contains("armed before the boot: installed -> armed"),
+            "{text}"
+        );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["outcome"], "failed");
+        assert_eq!(j["kernel_fetches"], 1);
+        assert_eq!(serde_plain(Outcome::Reinstall), "reinstall");
         assert_eq!(j["stages"][0]["stage"], "dhcp");
     }
 }

@@ -2,7 +2,7 @@
 
 use super::Firmware;
 use anyhow::{bail, Result};
-use pxeforge_site::profile::Firmware as ProfileFirmware;
+use pxeforge_site::profile::{BootMethod, Firmware as ProfileFirmware};
 use pxeforge_site::{Mac, Site};
 
 #[derive(Debug, Clone)]
@@ -11,6 +11,9 @@ pub struct Target {
     pub mac: Mac,
     pub profile: Option<String>,
     pub firmware: Firmware,
+    /// A host of the site that installs from a kickstart (`install = true`, a profile that boots
+    /// `install` or `image`): its build state decides its script, so it is armed before the boot.
+    pub armable: bool,
 }
 
 pub fn resolve(
@@ -67,7 +70,15 @@ pub fn resolve(
         Some(ProfileFirmware::Uefi) => Firmware::Uefi,
         _ => Firmware::Bios,
     });
+    let armable = host.is_some_and(|h| {
+        h.install
+            && site
+                .profiles
+                .get(&h.profile)
+                .is_some_and(|p| matches!(p.boot, BootMethod::Install | BootMethod::Image))
+    });
     Ok(Target {
+        armable,
         host: host.map(|h| h.name.clone()),
         mac,
         profile,

@@ -28,6 +28,9 @@ pub enum Stage {
     EventFailed,
     /// The firmware gave up on the network and looked for a local disk.
     LocalBoot,
+    /// After `finished`, the host booted from the network again and the server sent it the
+    /// local-boot script (`--expect-local-reboot`): the install-once loop closed.
+    LocalReboot,
 }
 
 impl Stage {
@@ -45,6 +48,7 @@ impl Stage {
             Stage::EventFinished => "event finished",
             Stage::EventFailed => "event failed",
             Stage::LocalBoot => "local boot",
+            Stage::LocalReboot => "local reboot",
         }
     }
 }
@@ -123,12 +127,76 @@ fn classify_serve(text: &str, lower: &str) -> Option<Stage> {
     None
 }
 
-/// The value of `key` in a `key=value` log line (tracing's format), without quotes.
+/// The value of `key` in a `key=value` log line (tracing's format), without quotes; a quoted
+/// value may hold spaces (`script="by profile"`).
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let start = text.find(key)? + key.len();
     let rest = &text[start..];
-    let v = rest.split_whitespace().next().unwrap_or("");
+    if let Some(quoted) = rest.strip_prefix('"') {
+        return Some(quoted.split('"').next().unwrap_or(quoted));
+    }
+    let v = rest.split(char::is_whitespace).next().unwrap_or("");
     Some(v.trim_matches('"'))
+}
+
+/// Whether a serve log line is a successful download of a kernel
+/// (`request method=GET path=…vmlinuz… status=200`). Pure.
+pub fn is_kernel_fetch(source: Source, text: &str) -> bool {
+    if source != Source::Serve || classify(source, text) != Some(Stage::Kernel) {
+        return false;
+    }
+    field(text, "method=") == Some("GET") && field(text, "status=") == Some("200")
+}
+
+/// The serve log's line for an inventory host's script:
+/// `host script mac=… host=NAME profile=P script="install"|"local"|"by profile"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostScriptLine<'a> {
+    pub host: &'a str,
+    /// `install`, `local` or `by profile` (the profile decides: not tracked by build state).
+    pub script: &'a str,
+}
+
+/// `text` without its ` KEY=VALUE` field (e.g. the MAC of a `host script` line, so that a
+/// report's short column reaches its `script=`). Pure.
+pub fn without_field(text: &str, key: &str) -> String {
+    let pat = format!(" {key}=");
+    let Some(at) = text.find(&pat) else {
+        return text.to_string();
+    };
+    let rest = &text[at + pat.len()..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    format!("{}{}", &text[..at], &rest[end..])
+}
+
+/// Parses a serve log line as [`HostScriptLine`]. Pure.
+pub fn host_script_line(text: &str) -> Option<HostScriptLine<'_>> {
+    let at = text.find("host script ")?;
+    let rest = &text[at + "host script ".len()..];
+    // ` host=`: the field, not the end of another key; the MAC comes before it.
+    let host = field(rest, " host=")?;
+    let script = field(rest, " script=")?;
+    (!host.is_empty() && !script.is_empty()).then_some(HostScriptLine { host, script })
+}
+
+/// `text` with the value of every `token=` (a build token in a kickstart URL) shown as `…`:
+/// a report names the stage, not the secret. Pure.
+pub fn redact_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("token=") {
+        let (head, tail) = rest.split_at(at + "token=".len());
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(tail.len());
+        if end > 0 {
+            out.push('…');
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A tracing line without its timestamp, level and target (`2026-..Z  INFO pxeforge::http: `).
@@ -167,13 +235,22 @@ pub struct Timeline {
 impl Timeline {
     pub fn observe(&mut self, start: Instant, line: &Line) -> Option<Stage> {
         let stage = classify(line.source, &line.text)?;
+        self.mark(start, stage, line);
+        Some(stage)
+    }
+
+    /// Marks `stage` at `line` (unless it was seen before), for stages that a line shows only in
+    /// the context of the run, such as [`Stage::LocalReboot`].
+    pub fn mark(&mut self, start: Instant, stage: Stage, line: &Line) {
         self.first.entry(stage).or_insert_with(|| Mark {
             stage,
             at_secs: secs(line.at.saturating_duration_since(start)),
             source: line.source.label(),
-            line: without_log_prefix(&line.text).chars().take(200).collect(),
+            line: redact_token(without_log_prefix(&line.text))
+                .chars()
+                .take(200)
+                .collect(),
         });
-        Some(stage)
     }
 
     pub fn has(&self, stage: Stage) -> bool {
@@ -241,6 +318,69 @@ mod tests {
             classify(Source::Serve, "INFO pxeforge::http::events: install event mac=52:54:00:00:10:01 stage=install status=finished message=done"),
             Some(Stage::EventFinished)
         );
+    }
+
+    #[test]
+    fn kernel_fetches_and_host_script_lines() {
+        let req = |m: &str, p: &str, st: u16| {
+            format!("2026-11-30T09:37:51.6Z  INFO pxeforge::http: request method={m} path={p} status={st} ms=3")
+        };
+        let k = "/assets/installer/images/pxeboot/vmlinuz";
+        assert!(is_kernel_fetch(Source::Serve, &req("GET", k, 200)));
+        assert!(is_kernel_fetch(
+            Source::Serve,
+            &req("GET", "/images/r/p/current/vmlinuz.efi", 200)
+        ));
+        assert!(!is_kernel_fetch(Source::Serve, &req("HEAD", k, 200)));
+        assert!(!is_kernel_fetch(Source::Serve, &req("GET", k, 404)));
+        assert!(!is_kernel_fetch(
+            Source::Serve,
+            &req("GET", "/assets/installer/images/pxeboot/initrd.img", 200)
+        ));
+        assert!(!is_kernel_fetch(Source::Serial, &req("GET", k, 200)));
+
+        let line = |script: &str| {
+            format!("2026-11-30T09:37:51.6Z  INFO pxeforge_server::handlers::scripts: host script mac=Some(52:54:00:77:00:01) host=vm-bios profile=qemu-bios script=\"{script}\"")
+        };
+        assert_eq!(
+            host_script_line(&line("local")),
+            Some(HostScriptLine {
+                host: "vm-bios",
+                script: "local"
+            })
+        );
+        assert_eq!(
+            host_script_line(&line("install")).unwrap().script,
+            "install"
+        );
+        assert_eq!(
+            host_script_line(&line("by profile")).unwrap().script,
+            "by profile"
+        );
+        // Not a stage of its own: the request line after it is the host script stage.
+        assert_eq!(classify(Source::Serve, &line("local")), None);
+        assert_eq!(host_script_line(&req("GET", "/ipxe", 200)), None);
+        assert!(without_field(&line("local"), "mac")
+            .ends_with("scripts: host script host=vm-bios profile=qemu-bios script=\"local\""));
+        assert_eq!(without_field("a b=1", "mac"), "a b=1");
+        assert_eq!(without_field("a mac=1", "mac"), "a");
+        assert_eq!(
+            host_script_line("host script mac=None host= script=\"local\""),
+            None
+        );
+    }
+
+    #[test]
+    fn tokens_are_not_shown() {
+        assert_eq!(
+            redact_token("pxeforge-installer: kickstart http://10.77.0.1:8080/ks/vm-bios?token=e6bd4f232681a61268ca38d0fc5cad7d"),
+            "pxeforge-installer: kickstart http://10.77.0.1:8080/ks/vm-bios?token=…"
+        );
+        assert_eq!(
+            redact_token("a?x=1&token=ab12&y=2 token="),
+            "a?x=1&token=…&y=2 token="
+        );
+        assert_eq!(redact_token("no secrets"), "no secrets");
     }
 
     #[test]
@@ -331,6 +471,9 @@ mod tests {
                 let _ = classify(src, &s);
             }
             let _ = without_log_prefix(&s);
+            let _ = host_script_line(&s);
+            let _ = redact_token(&s);
+            let _ = is_kernel_fetch(Source::Serve, &s);
         }
     }
 }

@@ -1,0 +1,503 @@
+//! The build-state store: one record per inventory host and every transition, in a SQLite file
+//! of its own (`STATE/buildstate.db`), written with `synchronous=FULL` so that a state change
+//! that was answered is on disk. The decisions are `lifecycle`'s; this module only keeps them.
+
+use crate::lifecycle::{self, InventoryHost, Record, State, Transition};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("build-state store {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("build-state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("build-state store: a record names state {0:?}, which is not one pxeforge knows")]
+    BadState(String),
+    #[error("build-state store lock poisoned")]
+    Poisoned,
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("build-state record of {0} kept changing under concurrent requests")]
+    Contended(String),
+}
+
+/// A recorded transition, as `pxeforge hosts`-style listings show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TransitionRow {
+    pub host: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub cause: String,
+    pub source: String,
+    pub at: i64,
+}
+
+pub struct BuildState {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY, state TEXT NOT NULL, token TEXT, token_at INTEGER NOT NULL,
+    bound TEXT, boot_mac TEXT, platform TEXT,
+    host_generation INTEGER NOT NULL, profile_generation INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS hosts_token ON hosts(token) WHERE token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, from_state TEXT,
+    to_state TEXT NOT NULL, cause TEXT NOT NULL, source TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS transitions_host ON transitions(host, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// Transitions kept per host (older ones are deleted as new ones are recorded).
+const HISTORY_PER_HOST: i64 = 100;
+
+impl BuildState {
+    /// Opens (creating if needed) the store. Any failure is returned, never papered over: a
+    /// store that cannot be read must arm nothing.
+    pub fn open(path: &Path) -> Result<BuildState, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        // FULL: a transition that was answered survives a power cut of the server.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // Reads every record once, so that a store with garbage in it fails here, at start,
+        // and not host by host.
+        {
+            let mut st = conn.prepare("SELECT state FROM hosts").map_err(open_err)?;
+            let states = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(open_err)?;
+            for s in states {
+                let s = s.map_err(open_err)?;
+                if State::parse(&s).is_none() {
+                    return Err(StateError::BadState(s));
+                }
+            }
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Tokens are in here: readable by the service alone.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(BuildState {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StateError> {
+        self.conn.lock().map_err(|_| StateError::Poisoned)
+    }
+
+    /// The `synchronous` pragma in force (2 = FULL), for the tests that assert durability.
+    pub fn synchronous(&self) -> Result<i64, StateError> {
+        Ok(self
+            .conn()?
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    pub fn get(&self, host: &str) -> Result<Option<Record>, StateError> {
+        let c = self.conn()?;
+        get_in(&c, host)
+    }
+
+    /// The host whose live token this is.
+    pub fn by_token(&self, token: &str) -> Result<Option<Record>, StateError> {
+        let c = self.conn()?;
+        let host: Option<String> = c
+            .query_row(
+                "SELECT host FROM hosts WHERE token = ?1",
+                params![token],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match host {
+            // The lookup used the index; the comparison that decides is `lifecycle`'s, in
+            // constant time.
+            Some(h) => get_in(&c, &h),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Record>, StateError> {
+        let c = self.conn()?;
+        let mut st = c.prepare(&format!("{SELECT} ORDER BY host"))?;
+        let rows = st.query_map([], row_to_record)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub fn history(&self, host: &str, limit: u32) -> Result<Vec<TransitionRow>, StateError> {
+        let c = self.conn()?;
+        let mut st = c.prepare(
+            "SELECT host, from_state, to_state, cause, source, at FROM transitions
+             WHERE host = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![host, limit], |r| {
+            Ok(TransitionRow {
+                host: r.get(0)?,
+                from: r.get(1)?,
+                to: r.get(2)?,
+                cause: r.get(3)?,
+                source: r.get(4)?,
+                at: r.get(5)?,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    /// Writes `record` and its transitions in one transaction, only if the stored record is
+    /// still `expected` (so that two requests deciding from the same record cannot both win).
+    /// Returns false when the record changed in between (the caller decides again).
+    pub fn apply(
+        &self,
+        expected: Option<&Record>,
+        record: &Record,
+        transitions: &[Transition],
+        now: i64,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        // IMMEDIATE: take the write lock before reading, so a second process waits (busy
+        // timeout) instead of failing its upgrade from a read with "database is locked".
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if get_in(&tx, &record.host)?.as_ref() != expected {
+            return Ok(false);
+        }
+        put(&tx, record, now)?;
+        for t in transitions {
+            log(&tx, t, now)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Applies a site load: adoption of an empty store, new hosts, raised generations.
+    /// Returns the transitions made (the caller logs "this arms N hosts").
+    pub fn reconcile(
+        &self,
+        inventory: &[InventoryHost],
+        now: i64,
+    ) -> Result<Vec<Transition>, StateError> {
+        let mut c = self.conn()?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let empty: bool = tx
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(true);
+        let known = |h: &str| get_in(&tx, h).ok().flatten();
+        let changes = lifecycle::reconcile(inventory, &known, empty);
+        for (record, t) in &changes {
+            put(&tx, record, now)?;
+            log(&tx, t, now)?;
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('initialized', ?1)",
+            params![now.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(changes.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The transitions a reconcile would make, without making them (for the reload's warning).
+    pub fn preview(&self, inventory: &[InventoryHost]) -> Result<Vec<Transition>, StateError> {
+        let c = self.conn()?;
+        let empty: bool = c.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')",
+            [],
+            |r| r.get(0),
+        )?;
+        let known = |h: &str| get_in(&c, h).ok().flatten();
+        Ok(lifecycle::reconcile(inventory, &known, empty)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+}
+
+const SELECT: &str = "SELECT host, state, token, token_at, bound, boot_mac, platform,
+    host_generation, profile_generation FROM hosts";
+
+fn get_in(c: &Connection, host: &str) -> Result<Option<Record>, StateError> {
+    let r = c
+        .query_row(
+            &format!("{SELECT} WHERE host = ?1"),
+            params![host],
+            row_to_record,
+        )
+        .optional()?;
+    r.transpose()
+}
+
+fn row_to_record(r: &rusqlite::Row) -> rusqlite::Result<Result<Record, StateError>> {
+    let state: String = r.get(1)?;
+    let Some(parsed) = State::parse(&state) else {
+        return Ok(Err(StateError::BadState(state)));
+    };
+    Ok(Ok(Record {
+        host: r.get(0)?,
+        state: parsed,
+        token: r.get(2)?,
+        token_at: r.get(3)?,
+        bound: r.get(4)?,
+        boot_mac: r.get(5)?,
+        platform: r.get(6)?,
+        host_generation: r.get::<_, i64>(7)?.max(0) as u64,
+        profile_generation: r.get::<_, i64>(8)?.max(0) as u64,
+    }))
+}
+
+fn put(c: &Connection, r: &Record, now: i64) -> Result<(), StateError> {
+    c.execute(
+        "INSERT INTO hosts (host, state, token, token_at, bound, boot_mac, platform,
+            host_generation, profile_generation, updated_at)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+         ON CONFLICT(host) DO UPDATE SET state=excluded.state, token=excluded.token,
+            token_at=excluded.token_at, bound=excluded.bound, boot_mac=excluded.boot_mac,
+            platform=excluded.platform, host_generation=excluded.host_generation,
+            profile_generation=excluded.profile_generation, updated_at=excluded.updated_at",
+        params![
+            r.host,
+            r.state.as_str(),
+            r.token,
+            r.token_at,
+            r.bound,
+            r.boot_mac,
+            r.platform,
+            i64::try_from(r.host_generation).unwrap_or(i64::MAX),
+            i64::try_from(r.profile_generation).unwrap_or(i64::MAX),
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+fn log(c: &Connection, t: &Transition, now: i64) -> Result<(), StateError> {
+    c.execute(
+        "INSERT INTO transitions (host, from_state, to_state, cause, source, at)
+         VALUES (?1,?2,?3,?4,?5,?6)",
+        params![
+            t.host,
+            t.from.map(|s| s.as_str()),
+            t.to.as_str(),
+            t.cause,
+            t.source,
+            now
+        ],
+    )?;
+    c.execute(
+        "DELETE FROM transitions WHERE host = ?1 AND id NOT IN
+           (SELECT id FROM transitions WHERE host = ?1 ORDER BY id DESC LIMIT ?2)",
+        params![t.host, HISTORY_PER_HOST],
+    )?;
+    Ok(())
+}
+
+/// The store as the server holds it: open, or the reason it could not be read. A store that
+/// cannot be read arms nothing: every host boots locally and installs are refused until it is
+/// repaired and the server restarted.
+pub struct Store(Result<BuildState, String>);
+
+impl Store {
+    pub fn open(path: &Path) -> Store {
+        Store(BuildState::open(path).map_err(|e| {
+            let why = format!(
+                "{e}: no host will be installed (every host boots its local disk) until it is repaired or moved away and pxeforge restarted"
+            );
+            tracing::error!("{why}");
+            why
+        }))
+    }
+
+    pub fn state(&self) -> Result<&BuildState, &str> {
+        self.0.as_ref().map_err(String::as_str)
+    }
+
+    /// Decides for `host` from its current record with `decide`, and writes what it changed;
+    /// if another request changed the record in between, decides again from the new one.
+    /// `None`: the host has no record.
+    pub fn decide<A>(
+        &self,
+        host: &str,
+        now: i64,
+        mut decide: impl FnMut(&Record) -> (A, Option<(Record, Vec<Transition>)>),
+    ) -> Result<Option<A>, StateError> {
+        let bs = self
+            .state()
+            .map_err(|why| StateError::Unreadable(why.to_string()))?;
+        for _ in 0..16 {
+            let Some(current) = bs.get(host)? else {
+                return Ok(None);
+            };
+            let (answer, change) = decide(&current);
+            let Some((record, transitions)) = change else {
+                return Ok(Some(answer));
+            };
+            if bs.apply(Some(&current), &record, &transitions, now)? {
+                for t in &transitions {
+                    log_transition(t);
+                }
+                return Ok(Some(answer));
+            }
+        }
+        Err(StateError::Contended(host.to_string()))
+    }
+}
+
+/// Every transition is logged (never with a token) as well as recorded.
+pub fn log_transition(t: &Transition) {
+    let from = t.from.map_or("none", |s| s.as_str());
+    if t.to == State::Failed {
+        tracing::error!(host = %t.host, from, to = t.to.as_str(), cause = %t.cause, source = %t.source, "build state: install failed");
+    } else {
+        tracing::info!(host = %t.host, from, to = t.to.as_str(), cause = %t.cause, source = %t.source, "build state");
+    }
+}
+
+/// The inventory as build state sees it: every host, whether pxeforge may install it, and the
+/// generations of the host and its profile.
+pub fn inventory(site: &pxeforge_site::Site) -> Vec<InventoryHost> {
+    site.hosts
+        .iter()
+        .map(|h| {
+            let profile = site.profiles.get(&h.profile);
+            InventoryHost {
+                name: h.name.clone(),
+                installable: profile.is_some_and(|p| crate::select::tracked(h, p)),
+                host_generation: h.generation,
+                profile_generation: profile.map_or(0, |p| p.generation),
+            }
+        })
+        .collect()
+}
+
+/// Brings the store in line with a newly loaded site (adoption, new hosts, raised
+/// generations), saying first how many hosts this arms.
+pub fn reconcile_site(store: &Store, site: &pxeforge_site::Site) {
+    let Ok(bs) = store.state() else {
+        return;
+    };
+    let inv = inventory(site);
+    match bs.preview(&inv) {
+        Ok(p) => {
+            let arms = p.iter().filter(|t| t.to == State::Armed).count();
+            if arms > 0 {
+                let names: Vec<&str> = p
+                    .iter()
+                    .filter(|t| t.to == State::Armed)
+                    .map(|t| t.host.as_str())
+                    .take(20)
+                    .collect();
+                tracing::warn!(hosts = ?names, "this load arms {arms} host(s): they install at their next network boot");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "build state: cannot preview the load"),
+    }
+    match bs.reconcile(&inv, crate::events::now()) {
+        Ok(ts) => ts.iter().for_each(log_transition),
+        Err(e) => tracing::error!(error = %e, "build state: the load was not applied"),
+    }
+}
+
+/// A fresh per-build token: 128 random bits from the operating system, as hex.
+pub fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // getrandom fails only without any entropy source; a token of zeros would be guessable,
+    // so that is a reason to stop, not to go on.
+    if let Err(e) = getrandom::fill(&mut b) {
+        panic!("no randomness for a build token: {e}");
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(name: &str) -> InventoryHost {
+        InventoryHost {
+            name: name.into(),
+            installable: true,
+            host_generation: 0,
+            profile_generation: 0,
+        }
+    }
+
+    #[test]
+    fn adopts_then_arms_new_hosts_and_survives_reopen() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("buildstate.db");
+        {
+            let s = BuildState::open(&p).expect("open");
+            assert_eq!(s.synchronous().expect("pragma"), 2, "synchronous=FULL");
+            let t = s.reconcile(&[inv("a")], 1).expect("reconcile");
+            assert_eq!(t[0].to, State::Installed);
+            let t = s.reconcile(&[inv("a"), inv("b")], 2).expect("reconcile");
+            assert_eq!(t.len(), 1);
+            assert_eq!(t[0].to, State::Armed);
+        }
+        let s = BuildState::open(&p).expect("reopen");
+        assert_eq!(s.get("a").expect("get").expect("a").state, State::Installed);
+        assert_eq!(s.get("b").expect("get").expect("b").state, State::Armed);
+        assert_eq!(s.history("b", 10).expect("history").len(), 1);
+        assert!(s
+            .reconcile(&[inv("a"), inv("b")], 3)
+            .expect("again")
+            .is_empty());
+    }
+
+    #[test]
+    fn apply_refuses_a_stale_decision() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = BuildState::open(&d.path().join("b.db")).expect("open");
+        s.reconcile(&[], 1).expect("init");
+        s.reconcile(&[inv("a")], 1).expect("arm");
+        let r = s.get("a").expect("get").expect("a");
+        let mut next = r.clone();
+        next.token = Some(new_token());
+        assert!(s.apply(Some(&r), &next, &[], 2).expect("apply"));
+        assert!(!s.apply(Some(&r), &next, &[], 3).expect("stale"));
+        let found = s
+            .by_token(next.token.as_deref().expect("token"))
+            .expect("lookup");
+        assert_eq!(found.map(|r| r.host), Some("a".to_string()));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_an_empty_store() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("buildstate.db");
+        std::fs::write(&p, b"this is not a database, and not empty either....").expect("write");
+        assert!(BuildState::open(&p).is_err());
+    }
+
+    #[test]
+    fn tokens_are_128_bit_hex_and_differ() {
+        let a = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_token());
+    }
+}
