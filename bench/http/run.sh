@@ -53,6 +53,12 @@ chmod -R a+rX "$WWW"
 SITE=$TMP/site
 mkdir -p "$SITE/hosts"
 cp "$ROOT/pxeforge.toml" "$SITE/"
+# The load generator is one client on loopback: exempt it from the per-client caps. Builds
+# older than [limits] refuse the unknown table, so it is added only for builds that know it
+# (those that have `pxeforge reinstall`).
+if "$PXEFORGE_BIN" reinstall --help >/dev/null 2>&1; then
+    printf '\n[limits]\nexempt = ["127.0.0.0/8"]\n' >> "$SITE/pxeforge.toml"
+fi
 for d in profiles templates kickstarts images; do [ -d "$ROOT/$d" ] && cp -r "$ROOT/$d" "$SITE/"; done
 # Recipes name inputs relative to the site (the test assets cache).
 [ -e "$ROOT/.cache" ] && ln -s "$ROOT/.cache" "$SITE/.cache"

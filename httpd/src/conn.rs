@@ -2,14 +2,17 @@
 //! tower `Service` (pxeforge's axum `Router`), and writes responses itself, so that file
 //! bodies can leave by `sendfile` and a connection costs one small buffer.
 
+use crate::cidr::Cidr;
+use crate::peers::{Admit, PerAddr};
 use crate::sendfile::{self, SendFile};
 use crate::wire::{self, ChunkedDecoder, Framing, Head, WireError};
 use crate::Observer;
 use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::io;
@@ -28,13 +31,32 @@ pub struct Limits {
     pub idle: Duration,
     /// A request head and body must arrive within this, once started (slowloris).
     pub request: Duration,
-    /// A client that reads nothing of a response for this long is dropped.
+    /// A client that takes no byte of a response for this long is dropped (reset). The clock
+    /// restarts when bytes leave for the socket, not when the socket is merely writable.
     pub stall: Duration,
-    /// Request bodies larger than this are refused with 413 before they are read; the largest
-    /// body any endpoint takes is an install event of a few KiB.
-    pub max_body: u64,
+    /// The requests that may carry a body, each with its largest size; the first that matches
+    /// applies. Any other request with a body (a `Content-Length` above 0, or chunked) is
+    /// refused with 413 from its head, before a byte of the body is read, and a body over its
+    /// route's cap likewise (from `Content-Length`, or as the chunks arrive). Default: only
+    /// `POST /events`, up to 1 MiB (an install event is a few KiB; the handler has its own,
+    /// smaller limit).
+    pub bodies: Vec<BodyRoute>,
     /// Connections served at once; the accept loop waits for a free slot beyond it.
     pub max_connections: usize,
+    /// Requests served on one keep-alive connection: the last one is answered with
+    /// `Connection: close` and the connection closed, so that no client holds a connection
+    /// (and its worker's attention) for ever. 0 counts as 1.
+    pub max_requests: usize,
+    /// Connections one client may hold at once, over all the workers together; the one over
+    /// it is answered `503 Service Unavailable` with `Retry-After: 1` and closed as soon as it
+    /// is accepted, without a byte of it being read (and [`Observer::connection_refused`]
+    /// hears `"per-address"`). A client is its IPv4 address (an IPv4-mapped IPv6 peer
+    /// included) or the /64 of its IPv6 address, since one IPv6 host can use a whole /64.
+    /// 0 turns the cap off.
+    pub max_connections_per_addr: usize,
+    /// Clients the per-address cap leaves alone (a reverse proxy, a NAT gateway in front of
+    /// a rack); they still count towards [`Self::max_connections`].
+    pub exempt: Vec<Cidr>,
 }
 
 impl Default for Limits {
@@ -43,10 +65,86 @@ impl Default for Limits {
             idle: Duration::from_secs(75),
             request: Duration::from_secs(30),
             stall: Duration::from_secs(60),
-            max_body: 1 << 20,
+            bodies: vec![BodyRoute::new(Method::POST, "/events", 1 << 20)],
             max_connections: 16_384,
+            max_requests: 10_000,
+            max_connections_per_addr: 256,
+            exempt: Vec::new(),
         }
     }
+}
+
+impl Limits {
+    /// The largest body a request with this method and target may carry, from [`Self::bodies`];
+    /// `None` if it may carry none.
+    pub fn body_limit(&self, method: &Method, target: &str) -> Option<u64> {
+        self.bodies
+            .iter()
+            .find(|r| r.matches(method, target))
+            .map(|r| r.max)
+    }
+}
+
+/// A kind of request that may carry a body, and its largest size (see [`Limits::bodies`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRoute {
+    pub method: Method,
+    /// The path, compared byte for byte (case and percent-encoding included) with the
+    /// request's, query left out: `/events` is `/events` and `/events?token=x`, not `/events/x`
+    /// nor `/eventsx`. A path ending in `/` also takes every path under it that has no `.` or
+    /// `..` segment: `/upload/` takes `/upload/a/b`.
+    pub path: Cow<'static, str>,
+    /// Bytes; a larger body is refused with 413.
+    pub max: u64,
+}
+
+impl BodyRoute {
+    pub fn new(method: Method, path: impl Into<Cow<'static, str>>, max: u64) -> BodyRoute {
+        BodyRoute {
+            method,
+            path: path.into(),
+            max,
+        }
+    }
+
+    /// Whether a request with this method and target (as sent: origin- or absolute-form) is
+    /// one of this route's.
+    pub fn matches(&self, method: &Method, target: &str) -> bool {
+        if *method != self.method {
+            return false;
+        }
+        let Some(path) = target_path(target) else {
+            return false;
+        };
+        if path == self.path {
+            return true;
+        }
+        self.path.ends_with('/')
+            && path.starts_with(&*self.path)
+            && !path
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
+    }
+}
+
+/// The path of a request target, without its query: `/a/b?q` → `/a/b`,
+/// `http://host/a?q` → `/a`, `http://host` → `/`. `None` for the asterisk and authority
+/// forms, which have no path.
+fn target_path(target: &str) -> Option<&str> {
+    let path_and_query = if target.starts_with('/') {
+        target
+    } else {
+        // absolute-form: scheme "://" authority, then the path (RFC 9112 §3.2.2).
+        let (_, rest) = target.split_once("://")?;
+        match rest.find(['/', '?', '#']) {
+            Some(at) if rest[at..].starts_with('/') => &rest[at..],
+            _ => "/",
+        }
+    };
+    let end = path_and_query
+        .find(['?', '#'])
+        .unwrap_or(path_and_query.len());
+    Some(&path_and_query[..end])
 }
 
 /// Binds the HTTP listener. The backlog is deep because a rack coming back from a power cut
@@ -88,6 +186,8 @@ where
 {
     listener.set_nonblocking(true)?;
     let workers = workers.max(1);
+    // One count for all the workers: a client gets the cap in all, not the cap from each.
+    let per_addr = PerAddr::new(limits.max_connections_per_addr, limits.exempt.clone());
     let per_worker = Limits {
         max_connections: (limits.max_connections / workers).max(1),
         ..limits
@@ -95,11 +195,12 @@ where
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
         let listener = listener.try_clone()?;
-        let (service, observer, limits, shutdown) = (
+        let (service, observer, limits, shutdown, per_addr) = (
             service.clone(),
             observer.clone(),
             per_worker.clone(),
             shutdown.clone(),
+            per_addr.clone(),
         );
         let thread = std::thread::Builder::new()
             .name(format!("http-{i}"))
@@ -110,7 +211,7 @@ where
                     .build()?;
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, service, observer, limits, shutdown).await
+                    accept_loop(listener, service, observer, limits, shutdown, per_addr).await
                 })
             })?;
         threads.push(thread);
@@ -138,7 +239,102 @@ pub async fn serve<S, B>(
     service: S,
     observer: Arc<dyn Observer>,
     limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Display + Send,
+{
+    let per_addr = PerAddr::new(limits.max_connections_per_addr, limits.exempt.clone());
+    accept_loop(listener, service, observer, limits, shutdown, per_addr).await
+}
+
+/// How long a worker waits before it calls `accept` again after running out of descriptors
+/// or memory: the connection it could not take is still queued, so trying again at once
+/// would fail again at once, and a loop doing that takes a whole core from the connections
+/// being served (and from whatever would free descriptors). 50 ms is at most 20 tries a
+/// second, and a delay a client does not notice once descriptors are back.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// While `accept` keeps failing, a warning at most this often (with the count since the last).
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What an `accept` error says: the `reason` given to [`Observer::accept_failed`], and whether
+/// to back off before the next try. Out of descriptors or kernel memory, waiting is the only
+/// thing that helps. The errors of one incoming connection (Linux passes the pending network
+/// errors of a connection up through `accept`, see accept(2)) are that connection's: the next
+/// one is taken at once, and backing off on them would let a client who can provoke them
+/// stall the accepting. Anything else is unexpected and backed off from too, so that it
+/// cannot spin.
+fn accept_error(e: &io::Error) -> (&'static str, bool) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => ("EMFILE", true),
+        Some(libc::ENFILE) => ("ENFILE", true),
+        Some(libc::ENOBUFS) => ("ENOBUFS", true),
+        Some(libc::ENOMEM) => ("ENOMEM", true),
+        Some(
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EINTR
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::EHOSTUNREACH
+            | libc::ENONET
+            | libc::EOPNOTSUPP
+            | libc::ETIMEDOUT,
+        ) => ("connection", false),
+        _ => ("other", true),
+    }
+}
+
+/// Keeps a run of failing `accept`s to a few log lines: the first failure, then one warning
+/// per [`ACCEPT_WARN_EVERY`], then one line when accepting works again.
+#[derive(Default)]
+struct AcceptLog {
+    /// Failures since the last line logged, and in the whole run.
+    unlogged: u64,
+    run: u64,
+    last_warned: Option<tokio::time::Instant>,
+}
+
+impl AcceptLog {
+    fn failed(&mut self, e: &io::Error, reason: &'static str) {
+        self.unlogged += 1;
+        self.run += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warned
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(error = %e, reason, failures = self.unlogged, "accept failed; backing off");
+        self.unlogged = 0;
+        self.last_warned = Some(now);
+    }
+
+    fn accepted(&mut self) {
+        if self.run > 0 {
+            tracing::info!(failures = self.run, "accept works again");
+            *self = AcceptLog::default();
+        }
+    }
+}
+
+/// [`serve`] with the per-address count given: the workers of [`serve_on_threads`] share one.
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    service: S,
+    observer: Arc<dyn Observer>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    per_addr: Option<Arc<PerAddr>>,
 ) -> io::Result<()>
 where
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -155,6 +351,7 @@ where
         let _ = slots.acquire_many(all).await;
         Ok(())
     };
+    let mut log = AcceptLog::default();
     loop {
         let permit = tokio::select! {
             _ = stopped(&mut shutdown) => return drained().await,
@@ -168,12 +365,36 @@ where
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(permit);
+                    let (reason, back_off) = accept_error(&e);
+                    observer.accept_failed(reason);
+                    if !back_off {
+                        tracing::debug!(error = %e, "accept: connection failed");
+                        // Others may be waiting on this thread; a run of these must not
+                        // starve them.
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    log.failed(&e, reason);
+                    tokio::select! {
+                        _ = stopped(&mut shutdown) => return drained().await,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
                     continue;
                 }
             },
+        };
+        log.accepted();
+        let addr_slot = match per_addr.as_ref().map(|t| t.admit(remote.ip())) {
+            Some(Admit::Refused) => {
+                drop(permit);
+                tracing::debug!(%remote, "connection refused: per-address cap");
+                observer.connection_refused("per-address");
+                refuse_connection(stream);
+                continue;
+            }
+            Some(Admit::Counted(slot)) => Some(slot),
+            Some(Admit::Uncounted) | None => None,
         };
         let _ = stream.set_nodelay(true);
         let conn = Connection {
@@ -186,10 +407,50 @@ where
             shutdown: shutdown.clone(),
         };
         tokio::spawn(async move {
+            // Both given back when the task ends, however it ends: returning, unwinding from
+            // a panicking handler, or dropped with the runtime.
             let _permit = permit;
+            let _addr_slot = addr_slot;
             conn.run().await;
         });
     }
+}
+
+/// Answers a connection over a cap with `503 Service Unavailable` and closes it, from the
+/// accept loop and without waiting for anything: one non-blocking `send` into the empty
+/// buffer of a new socket (which takes these 200 bytes whole), a FIN, and the close. Nothing
+/// is read and nothing lingers: such a connection must cost next to nothing however many a
+/// client opens, and lingering (as `Connection::linger` does for a refused request) would let
+/// a flood of them hold descriptors. A request that came in before the close, or comes
+/// after it, makes the kernel reset the connection behind the 503 already sent; a Linux
+/// client still reads what arrived before the reset, and iPXE takes data as it arrives.
+fn refuse_connection(stream: TcpStream) {
+    const WHY: &str = "too many connections from this address\n";
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    let mut out = Vec::with_capacity(256);
+    wire::response_head(
+        &mut out,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &headers,
+        Some(WHY.len() as u64),
+        true,
+        &http_date(),
+    );
+    out.extend_from_slice(WHY.as_bytes());
+    // Straight on the socket: tokio's `try_write` would refuse a stream its reactor has not
+    // yet seen writable. MSG_NOSIGNAL: a client already gone is an EPIPE, not a SIGPIPE.
+    // Errors are the client's and change nothing: the connection is closed either way.
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.send_with_flags(&out, libc::MSG_NOSIGNAL);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
 }
 
 struct Connection<S> {
@@ -220,6 +481,7 @@ where
     B::Error: Display + Send,
 {
     async fn run(mut self) {
+        let mut served = 0usize;
         loop {
             let (head, body) = match self.next_request().await {
                 Next::Request(h, b) => (h, b),
@@ -231,19 +493,37 @@ where
                     return;
                 }
             };
-            let close = !head.keep_alive || *self.shutdown.borrow();
+            served += 1;
+            let last = served >= self.limits.max_requests.max(1);
+            let close = !head.keep_alive || last || *self.shutdown.borrow();
             match self.respond(head, body, close).await {
                 Ok(()) if !close => {}
+                Ok(()) if last => {
+                    // A client at the cap is likely pipelining more: let it read the answer
+                    // rather than a reset.
+                    self.linger().await;
+                    return;
+                }
                 Ok(()) => {
                     let _ = self.stream.shutdown().await;
                     return;
                 }
                 Err(e) => {
                     tracing::debug!(remote = %self.remote, error = %e, "connection ended");
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        self.reset();
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// Makes the close that follows a reset: a client that stopped reading has no use for the
+    /// rest of its response, and a graceful close would leave the kernel holding the unsent
+    /// bytes (megabytes, for a file) and retrying them for minutes.
+    fn reset(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }
 
     async fn next_request(&mut self) -> Next {
@@ -281,12 +561,29 @@ where
                 }
             }
         };
+        // Whether this request may carry a body at all, and how large, is known from its
+        // head: a body that will not be taken is refused before a byte of it is read (and
+        // before a `100 Continue` invites it).
+        let max_body = match head.framing {
+            Framing::None => 0,
+            Framing::Length(_) | Framing::Chunked => {
+                match self.limits.body_limit(&head.method, &head.target) {
+                    Some(max) => max,
+                    None => {
+                        return Next::Refuse(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "this request takes no body".into(),
+                        )
+                    }
+                }
+            }
+        };
         let _ = self.buf.split_to(head.len);
         let deadline = started.unwrap_or_else(tokio::time::Instant::now) + self.limits.request;
         let body = match head.framing {
             Framing::None => Bytes::new(),
-            Framing::Length(n) if n > self.limits.max_body => {
-                let e = WireError::BodyTooLarge(self.limits.max_body);
+            Framing::Length(n) if n > max_body => {
+                let e = WireError::BodyTooLarge(max_body);
                 return Next::Refuse(e.status(), e.to_string());
             }
             Framing::Length(n) => {
@@ -308,7 +605,7 @@ where
                 {
                     return Next::Close;
                 }
-                let mut decoder = ChunkedDecoder::new(self.limits.max_body);
+                let mut decoder = ChunkedDecoder::new(max_body);
                 let mut out = Vec::new();
                 loop {
                     match decoder.decode(&self.buf, &mut out) {
@@ -346,10 +643,9 @@ where
         self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await
     }
 
+    /// Writes `data`, dropping a client that takes no byte of it for `stall`.
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        tokio::time::timeout(self.limits.stall, self.stream.write_all(data))
-            .await
-            .map_err(sendfile::stalled)?
+        sendfile::write_all(&mut self.stream, data, self.limits.stall).await
     }
 
     async fn respond(&mut self, head: Head, body: Bytes, close: bool) -> io::Result<()> {
@@ -416,9 +712,8 @@ where
         self.write(&out).await
     }
 
-    /// Sends an error response and closes. The write side is shut first and what the client
-    /// still sends is read and dropped for a moment: closing with unread data would make the
-    /// kernel send a reset, and the client would see that instead of our answer.
+    /// Sends an error response and closes, lingering (see `linger`) so that the client sees
+    /// the answer rather than a reset.
     async fn refuse(&mut self, status: StatusCode, why: &str) {
         let mut out = Vec::with_capacity(256);
         let text = format!("{why}\n");
@@ -436,9 +731,20 @@ where
             &http_date(),
         );
         out.extend_from_slice(text.as_bytes());
-        if self.write(&out).await.is_err() {
+        if let Err(e) = self.write(&out).await {
+            if e.kind() == io::ErrorKind::TimedOut {
+                self.reset();
+            }
             return;
         }
+        self.linger().await;
+    }
+
+    /// Closes after the last answer: the write side first, then what the client still sends
+    /// is read and dropped (up to 1 MiB, for up to 2 s) until it closes too. Closing with
+    /// unread data would make the kernel send a reset, and the client could lose our answer
+    /// to it.
+    async fn linger(&mut self) {
         let _ = self.stream.shutdown().await;
         let mut sink = [0u8; 4096];
         let mut drained = 0usize;
@@ -517,6 +823,8 @@ mod tests {
     struct Recorder {
         bytes: AtomicU64,
         refused: Mutex<Vec<u16>>,
+        connections_refused: Mutex<Vec<&'static str>>,
+        accept_failed: Mutex<Vec<&'static str>>,
     }
 
     impl Observer for Recorder {
@@ -525,6 +833,12 @@ mod tests {
         }
         fn request_refused(&self, status: StatusCode) {
             self.refused.lock().unwrap().push(status.as_u16());
+        }
+        fn connection_refused(&self, reason: &'static str) {
+            self.connections_refused.lock().unwrap().push(reason);
+        }
+        fn accept_failed(&self, reason: &'static str) {
+            self.accept_failed.lock().unwrap().push(reason);
         }
     }
 
@@ -538,8 +852,25 @@ mod tests {
                     },
                 ),
             )
+            .route("/events", post(|body: Bytes| async move { body }))
             .route("/echo", post(|body: Bytes| async move { body }))
+            .route("/ok", get(|| async { "ok" }))
+            // A handler that panics: the connection's task ends by unwinding (tokio prints the
+            // panic; the test that asks for it expects that).
+            .route(
+                "/panic",
+                get(|| async {
+                    panic!("handler panicked on purpose");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            // An in-memory body larger than any socket buffer.
+            .route("/mem", get(|| async { Bytes::from(vec![7u8; MEM]) }))
     }
+
+    const MEM: usize = 16 << 20;
+    const HUGE: u64 = 16 << 20;
 
     struct Running {
         addr: SocketAddr,
@@ -550,13 +881,23 @@ mod tests {
     }
 
     /// A server on a loopback port with `limits`, serving a temp directory holding `a.bin`
-    /// (16 bytes) and `big.bin` (1 MiB, so that it is sent corked).
+    /// (16 bytes), `big.bin` (1 MiB, so that it is sent corked) and `huge.bin` (16 MiB of
+    /// zeros, sparse).
     async fn start(limits: Limits) -> Running {
+        start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), limits)
+    }
+
+    /// [`start`] on a listener of the caller's.
+    fn start_on(listener: TcpListener, limits: Limits) -> Running {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.bin"), b"0123456789abcdef").unwrap();
         let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("big.bin"), big).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Sparse: larger than any socket buffer, and costs no disk.
+        std::fs::File::create(dir.path().join("huge.bin"))
+            .unwrap()
+            .set_len(HUGE)
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let recorder = Arc::new(Recorder::default());
         let (stop, rx) = watch::channel(false);
@@ -602,7 +943,7 @@ mod tests {
             b"GET /f/a.bin HTTP/1.1\r\nHost: h\r\n\r\n\
               GET /f/a.bin HTTP/1.1\r\nHost: h\r\nRange: bytes=2-5\r\n\r\n\
               HEAD /f/a.bin HTTP/1.1\r\nHost: h\r\n\r\n\
-              POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              POST /events HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
               5\r\nhello\r\n0\r\n\r\n",
         )
         .await;
@@ -646,7 +987,7 @@ mod tests {
         assert!(out.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
         let out = exchange(
             r.addr,
-            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n",
+            b"POST /events HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n",
         )
         .await;
         assert!(out.starts_with(b"HTTP/1.1 413 Payload Too Large\r\n"));
@@ -695,5 +1036,901 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    /// Sends `req` and reads until the server closes, or `within` passes (then panics).
+    async fn exchange_within(addr: SocketAddr, req: &[u8], within: Duration) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        match tokio::time::timeout(within, s.read_to_end(&mut out)).await {
+            Ok(r) => {
+                r.unwrap();
+            }
+            Err(_) => panic!(
+                "no answer and close within {within:?}; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn bodies_are_refused_at_the_head_unless_the_limits_allow_them() {
+        let r = start(Limits::default()).await;
+        // Heads only: the answer must come without the body ever being sent, well inside
+        // the request timeout (30 s) that waiting for it would run into.
+        let refused = [
+            "GET /f/a.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            "GET /f/a.bin HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /f/a.bin HTTP/1.0\r\nContent-Length: 5\r\n\r\n",
+            "HEAD /f/a.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            // POST, but not to /events.
+            "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            "POST /eventsx HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            "POST /events/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            "POST /EVENTS HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            // /events, but not POST.
+            "PUT /events HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            "GET /events HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            // With 100-continue the client waits for us: it must get the refusal, not 100.
+            "POST /echo HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        ];
+        for req in refused {
+            let out = exchange_within(r.addr, req.as_bytes(), Duration::from_secs(3)).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+                "{req:?}: {text}"
+            );
+            assert!(text.contains("connection: close\r\n"), "{req:?}: {text}");
+        }
+        assert_eq!(
+            *r.recorder.refused.lock().unwrap(),
+            vec![413; refused.len()]
+        );
+        // Allowed: POST /events (with a query too), and an empty body anywhere.
+        let out = exchange(
+            r.addr,
+            b"POST /events?token=t HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+              POST /events HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+              GET /f/a.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 4, "{text}");
+        assert!(text.contains("\r\n\r\nhelloHTTP/1.1 200"), "{text}");
+        assert!(text.contains("\r\n\r\nhiHTTP/1.1 200"), "{text}");
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_serves_at_most_the_request_cap() {
+        let r = start(Limits::default()).await;
+        let cap = 10_000;
+        // One more than the cap, pipelined; the last asks to close, so that without a cap the
+        // connection ends after it.
+        let mut req = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n".repeat(cap);
+        req.extend_from_slice(b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+        let s = TcpStream::connect(r.addr).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            // The server may close before it has read it all.
+            let _ = wr.write_all(&req).await;
+            wr
+        });
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = writer.await;
+        assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), cap);
+        assert_eq!(count(&out, "connection: close\r\n"), 1);
+        assert!(out.ends_with(b"connection: close\r\n\r\nok"));
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// A blocking client socket with a small receive buffer, so that the server's sends stall
+    /// as soon as its own socket buffer is full.
+    fn small_window_client(addr: SocketAddr) -> std::net::TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&addr.into()).unwrap();
+        s.into()
+    }
+
+    /// How a test client reads a response.
+    #[derive(Clone, Copy, Debug)]
+    enum Reader {
+        /// Reads nothing (the window stays at zero) for this long.
+        Never(Duration),
+        /// Reads one byte every `.0` for `.1`.
+        Trickle(Duration, Duration),
+        /// Reads `.0` bytes as fast as it can, then nothing for `.1`, until the end.
+        Bursts(usize, Duration),
+    }
+
+    /// Asks for `target` on a small-window client and reads as `how` says, then as fast as it
+    /// can until the server ends the connection; returns the bytes received (head included)
+    /// and whether the connection ended in a reset.
+    async fn slow_download(addr: SocketAddr, target: &'static str, how: Reader) -> (u64, bool) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = small_window_client(addr);
+            let req = format!("GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut total = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            let ended = |r: std::io::Result<usize>, total| match r {
+                Ok(0) => Some((total, false)),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some((total, true)),
+                Err(e) => panic!("read failed after {total} bytes: {e}"),
+            };
+            match how {
+                Reader::Never(d) => std::thread::sleep(d),
+                Reader::Trickle(every, d) => {
+                    let until = std::time::Instant::now() + d;
+                    while std::time::Instant::now() < until {
+                        std::thread::sleep(every);
+                        let r = s.read(&mut buf[..1]);
+                        if let Ok(n) = r {
+                            total += n as u64;
+                        }
+                        if let Some(end) = ended(r, total) {
+                            return end;
+                        }
+                    }
+                }
+                Reader::Bursts(size, pause) => loop {
+                    let mut got = 0;
+                    while got < size {
+                        let r = s.read(&mut buf);
+                        if let Ok(n) = r {
+                            got += n;
+                            total += n as u64;
+                        }
+                        if let Some(end) = ended(r, total) {
+                            return end;
+                        }
+                    }
+                    std::thread::sleep(pause);
+                },
+            }
+            loop {
+                let r = s.read(&mut buf);
+                if let Ok(n) = r {
+                    total += n as u64;
+                }
+                if let Some(end) = ended(r, total) {
+                    return end;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Clients that read nothing, or one byte at a time, are dropped by the stall limit,
+    /// whether the body is a file (sendfile) or in memory; had they not been, reading as fast
+    /// as they can afterwards would bring them the whole body. They are reset, so that what
+    /// the server had queued for them (megabytes) is thrown away rather than delivered later.
+    #[tokio::test]
+    async fn clients_that_do_not_read_are_dropped_by_the_stall_limit() {
+        let stall = Duration::from_millis(400);
+        let r = start(Limits {
+            stall,
+            ..Limits::default()
+        })
+        .await;
+        let wait = stall * 5;
+        let (never, trickle) = (Reader::Never(wait), Reader::Trickle(stall / 4, wait));
+        // At once, each on its own blocking thread.
+        let results = tokio::join!(
+            slow_download(r.addr, "/f/huge.bin", never),
+            slow_download(r.addr, "/f/huge.bin", trickle),
+            slow_download(r.addr, "/mem", never),
+            slow_download(r.addr, "/mem", trickle),
+        );
+        let results = [
+            ("/f/huge.bin", HUGE, never, results.0),
+            ("/f/huge.bin", HUGE, trickle, results.1),
+            ("/mem", MEM as u64, never, results.2),
+            ("/mem", MEM as u64, trickle, results.3),
+        ];
+        for (target, size, how, (got, reset)) in results {
+            assert!(got < size, "{target} {how:?}: the whole body arrived");
+            assert!(
+                reset,
+                "{target} {how:?}: closed, not reset, after {got} bytes"
+            );
+            assert!(
+                got < 1 << 20,
+                "{target} {how:?}: {got} bytes after the stall"
+            );
+        }
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// The stall limit is about progress: a client that reads in bursts, pausing for less than
+    /// the limit each time but for much longer in all, gets its whole body.
+    #[tokio::test]
+    async fn clients_that_keep_reading_slowly_are_not_dropped() {
+        let stall = Duration::from_millis(1500);
+        let r = start(Limits {
+            stall,
+            ..Limits::default()
+        })
+        .await;
+        // 2 MiB a burst: enough of what the server's socket holds to let the server write
+        // again; the eight bursts and their pauses take longer than the limit.
+        let bursts = Reader::Bursts(2 << 20, stall / 3);
+        let (mem, file) = tokio::join!(
+            slow_download(r.addr, "/mem", bursts),
+            slow_download(r.addr, "/f/huge.bin", bursts),
+        );
+        for (target, size, (got, reset)) in [("/mem", MEM as u64, mem), ("/f/huge.bin", HUGE, file)]
+        {
+            assert!(!reset, "{target}: reset after {got} bytes");
+            assert!(
+                got > size,
+                "{target}: only {got} bytes of {size} and a head"
+            );
+        }
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn body_routes_from_the_limits_and_their_caps() {
+        let r = start(Limits {
+            bodies: vec![
+                BodyRoute::new(Method::POST, "/echo", 4),
+                BodyRoute::new(Method::PUT, "/f/", 0),
+            ],
+            ..Limits::default()
+        })
+        .await;
+        let out = exchange(
+            r.addr,
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nabcd\
+              POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 2);
+        for req in [
+            // Over the cap, by length and by chunks.
+            &b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"[..],
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+            // No longer listed.
+            b"POST /events HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n",
+            // Under a subtree, but with a dot segment.
+            b"PUT /f/../echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n",
+            // With the body already sent: still the answer, not a reset.
+            b"GET /f/a.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        ] {
+            let out = exchange_within(r.addr, req, Duration::from_secs(3)).await;
+            assert!(
+                out.starts_with(b"HTTP/1.1 413 Payload Too Large\r\n"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn accept_errors_back_off_unless_they_are_one_connections() {
+        let of = |errno| accept_error(&io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::EMFILE), ("EMFILE", true));
+        assert_eq!(of(libc::ENFILE), ("ENFILE", true));
+        assert_eq!(of(libc::ENOBUFS), ("ENOBUFS", true));
+        assert_eq!(of(libc::ENOMEM), ("ENOMEM", true));
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EPERM,
+            libc::ENETUNREACH,
+        ] {
+            assert_eq!(of(errno), ("connection", false), "{errno}");
+        }
+        assert_eq!(of(libc::EBADF), ("other", true));
+        assert_eq!(accept_error(&io::Error::other("?")), ("other", true));
+    }
+
+    #[test]
+    fn body_routes_match_method_and_path() {
+        let limits = Limits::default();
+        let post = |t: &str| limits.body_limit(&Method::POST, t);
+        assert_eq!(post("/events"), Some(1 << 20));
+        assert_eq!(post("/events?token=abc&x=/y"), Some(1 << 20));
+        assert_eq!(
+            post("http://pxe.example:8080/events?token=abc"),
+            Some(1 << 20)
+        );
+        assert_eq!(limits.body_limit(&Method::PUT, "/events"), None);
+        for t in [
+            "/events/",
+            "/events/x",
+            "/eventsx",
+            "/Events",
+            "/%65vents",
+            "/./events",
+            "events",
+            "*",
+            "pxe.example:80",
+            "http://pxe.example",
+            "http://pxe.example?/events",
+            "http://pxe.example/x/events",
+        ] {
+            assert_eq!(post(t), None, "{t}");
+        }
+        let tree = BodyRoute::new(Method::PUT, "/up/", 9);
+        assert!(tree.matches(&Method::PUT, "/up/"));
+        assert!(tree.matches(&Method::PUT, "/up/a/b.bin?x"));
+        assert!(tree.matches(&Method::PUT, "http://h/up/a"));
+        assert!(!tree.matches(&Method::PUT, "/up"));
+        assert!(!tree.matches(&Method::PUT, "/up/../secret"));
+        assert!(!tree.matches(&Method::PUT, "/up/./a"));
+        assert!(!tree.matches(&Method::POST, "/up/a"));
+        assert_eq!(target_path("/a/b?q#f"), Some("/a/b"));
+        assert_eq!(target_path("http://h:1/a?q"), Some("/a"));
+        assert_eq!(target_path("http://h?q"), Some("/"));
+        assert_eq!(target_path("*"), None);
+    }
+
+    #[tokio::test]
+    async fn the_request_cap_closes_after_the_last_answer() {
+        let r = start(Limits {
+            max_requests: 2,
+            ..Limits::default()
+        })
+        .await;
+        // One at a time: the second answer says close, and the connection ends after it.
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        let mut all = Vec::new();
+        for _ in 0..2 {
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            all.extend_from_slice(&buf[..n]);
+        }
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(count(&all, "HTTP/1.1 200 OK\r\n"), 2);
+        assert_eq!(count(&all, "connection: close\r\n"), 1);
+        assert!(all.ends_with(b"connection: close\r\n\r\nok"));
+        // 0 counts as 1.
+        let r0 = start(Limits {
+            max_requests: 0,
+            ..Limits::default()
+        })
+        .await;
+        let out = exchange(
+            r0.addr,
+            b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await;
+        assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 1);
+        for r in [r, r0] {
+            r.stop.send(true).unwrap();
+            r.server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Opens a connection and has one keep-alive request answered on it, so that the server
+    /// has accepted (and counted) it; `Err` with what came instead, such as a 503.
+    async fn held(addr: SocketAddr) -> Result<TcpStream, String> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // A refused connection may be closed before the request is written: then the write
+        // fails, and the read shows why.
+        let _ = s.write_all(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("no answer within 5 s");
+            match read {
+                Ok(0) => return Err(String::from_utf8_lossy(&got).into_owned()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&got))),
+            }
+            if got.starts_with(b"HTTP/1.1 200 OK\r\n") && got.ends_with(b"\r\n\r\nok") {
+                return Ok(s);
+            }
+        }
+    }
+
+    /// Connects, sends `req` (maybe nothing) and reads until the server closes, within 5 s; a
+    /// reset after the answer ends the read too.
+    async fn read_all(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if !req.is_empty() {
+            let _ = s.write_all(req).await;
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("not closed within 5 s: {:?}", String::from_utf8_lossy(&out))
+                });
+            match read {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn assert_refused_503(out: &[u8]) {
+        let text = String::from_utf8_lossy(out);
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text:?}"
+        );
+        assert!(text.contains("\r\nretry-after: 1\r\n"), "{text:?}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text:?}");
+        assert_eq!(count(out, "HTTP/1.1 "), 1, "{text:?}");
+    }
+
+    /// Holds exactly `n` connections and then sees the next refused, retrying for up to 5 s
+    /// while the server is still releasing slots of connections that ended.
+    async fn holds_exactly(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut all = Vec::new();
+            let mut last = Ok(());
+            for _ in 0..n {
+                match held(addr).await {
+                    Ok(s) => all.push(s),
+                    Err(e) => {
+                        last = Err(e);
+                        break;
+                    }
+                }
+            }
+            if all.len() == n {
+                assert_refused_503(&read_all(addr, b"").await);
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "only {} of {n} connections could be held: {last:?}",
+                all.len()
+            );
+            drop(all);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Over the per-address cap a connection is answered 503 at once: with no request sent
+    /// (so nothing waited for one), and with one sent (which is not served).
+    #[tokio::test]
+    async fn connections_over_the_per_address_cap_are_refused_at_once() {
+        let r = start(Limits {
+            max_connections_per_addr: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut a = held(r.addr).await.unwrap();
+        let b = held(r.addr).await.unwrap();
+        assert_refused_503(&read_all(r.addr, b"").await);
+        let out = read_all(r.addr, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert_refused_503(&out);
+        assert!(!out.ends_with(b"\r\n\r\nok"));
+        assert_eq!(
+            *r.recorder.connections_refused.lock().unwrap(),
+            vec!["per-address"; 2]
+        );
+        assert!(r.recorder.refused.lock().unwrap().is_empty());
+        // The connections held go on being served.
+        a.write_all(b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        a.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // Both slots come back once the server has seen the connections end.
+        drop(b);
+        let again = holds_exactly(r.addr, 2).await;
+        drop(again);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// However a connection ends, its per-address slot comes back: afterwards the client can
+    /// hold exactly the cap again.
+    #[tokio::test]
+    async fn per_address_slots_come_back_however_a_connection_ends() {
+        let stall = Duration::from_millis(400);
+        let r = start(Limits {
+            max_connections_per_addr: 3,
+            idle: Duration::from_millis(300),
+            request: Duration::from_millis(300),
+            max_requests: 2,
+            stall,
+            ..Limits::default()
+        })
+        .await;
+        let addr = r.addr;
+        let get_close = b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        // The client closes an idle keep-alive connection.
+        drop(held(addr).await.unwrap());
+        // `Connection: close`.
+        assert!(exchange(addr, get_close).await.ends_with(b"\r\n\r\nok"));
+        // Refusals: 400 at once, 408 when the request times out.
+        assert!(exchange(addr, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with(b"HTTP/1.1 400 "));
+        assert!(exchange(addr, b"GET / HTTP/1.1\r\nHo")
+            .await
+            .starts_with(b"HTTP/1.1 408 "));
+        // The idle timeout.
+        let mut s = held(addr).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        // The request cap (2), the last request answered with close.
+        let two = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(count(&exchange(addr, two).await, "HTTP/1.1 200 OK\r\n"), 2);
+        // The client resets.
+        let s = held(addr).await.unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        // The handler panics: the connection's task unwinds.
+        let out = read_all(addr, b"GET /panic HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+        // The client stops reading and the stall limit drops it.
+        let (_, reset) = slow_download(addr, "/mem", Reader::Never(stall * 3)).await;
+        assert!(reset);
+        // Refused at the cap: the refusal itself takes no slot.
+        let full = holds_exactly(addr, 3).await;
+        assert_refused_503(&read_all(addr, b"").await);
+        drop(full);
+        let again = holds_exactly(addr, 3).await;
+        drop(again);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// The workers of `serve_on_threads` share one count: a client gets the cap in all, not
+    /// the cap from each worker, and connections that come and go at once from many tasks
+    /// leave the count exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_per_address_cap_holds_across_workers_and_churn() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let (stop, rx) = watch::channel(false);
+        let cap = 4;
+        let server = tokio::spawn(serve_on_threads(
+            listener,
+            app(dir.path().to_path_buf()),
+            recorder.clone(),
+            Limits {
+                max_connections_per_addr: cap,
+                ..Limits::default()
+            },
+            rx,
+            2,
+        ));
+        // Twice the cap at once: exactly the cap are served, whichever worker took each.
+        let mut tries = tokio::task::JoinSet::new();
+        for _ in 0..2 * cap {
+            tries.spawn(held(addr));
+        }
+        let mut kept = Vec::new();
+        let mut refused = 0;
+        while let Some(t) = tries.join_next().await {
+            match t.unwrap() {
+                Ok(s) => kept.push(s),
+                Err(e) => {
+                    assert_refused_503(e.as_bytes());
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((kept.len(), refused), (cap, cap));
+        drop(kept);
+        // Churn: 16 tasks, 25 short connections each, many of them over the cap.
+        let mut churn = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            churn.spawn(async move {
+                for _ in 0..25 {
+                    let out = read_all(
+                        addr,
+                        b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                    let text = String::from_utf8_lossy(&out);
+                    assert!(
+                        text.starts_with("HTTP/1.1 200 OK\r\n")
+                            || text.starts_with("HTTP/1.1 503 "),
+                        "{text:?}"
+                    );
+                }
+            });
+        }
+        while let Some(t) = churn.join_next().await {
+            t.unwrap();
+        }
+        let full = holds_exactly(addr, cap).await;
+        drop(full);
+        assert!(recorder
+            .connections_refused
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| *r == "per-address"));
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A listener on `[::]` that takes IPv4 too, when the host has IPv6; IPv4 peers then
+    /// arrive as `::ffff:a.b.c.d`.
+    fn dual_stack() -> Option<TcpListener> {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).ok()?;
+        s.set_only_v6(false).ok()?;
+        s.bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .ok()?;
+        s.listen(128).ok()?;
+        s.set_nonblocking(true).ok()?;
+        TcpListener::from_std(s.into()).ok()
+    }
+
+    /// Exempt networks are not capped; an IPv4-mapped peer is counted, and exempted, as its
+    /// IPv4 address; IPv6 loopback is a client of its own.
+    #[tokio::test]
+    async fn exempt_networks_and_mapped_peers() {
+        let exempt = |nets: &[&str]| Limits {
+            max_connections_per_addr: 1,
+            exempt: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            ..Limits::default()
+        };
+        let r = start(exempt(&["10.0.0.0/8", "127.0.0.0/8"])).await;
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            all.push(held(r.addr).await.unwrap());
+        }
+        drop(all);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+
+        let Some(listener) = dual_stack() else {
+            eprintln!("no IPv6 here: the mapped-address half of this test is skipped");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+        let v6: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        // Capped at 1 as 127.0.0.1; ::1 is another client.
+        let r = start_on(listener, exempt(&[]));
+        let one = held(v4).await.unwrap();
+        assert_refused_503(&read_all(v4, b"").await);
+        let other = held(v6).await.unwrap();
+        assert_refused_503(&read_all(v6, b"").await);
+        drop((one, other));
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+        // 127.0.0.1/32 exempts the mapped peer, and only it.
+        let listener = dual_stack().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+        let v6: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        let r = start_on(listener, exempt(&["127.0.0.1/32"]));
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            all.push(held(v4).await.unwrap());
+        }
+        all.push(held(v6).await.unwrap());
+        assert_refused_503(&read_all(v6, b"").await);
+        drop(all);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// Set in the environment of the child process that
+    /// `accept_backs_off_and_recovers_when_descriptors_run_out` runs.
+    const EMFILE_CHILD: &str = "PXEFORGE_HTTPD_TEST_EMFILE_CHILD";
+
+    /// Runs the server out of file descriptors: `emfile_child` in a child process (the
+    /// descriptor limit is the whole process's, and running out would break the tests running
+    /// beside it here), bounded to 60 s.
+    #[test]
+    fn accept_backs_off_and_recovers_when_descriptors_run_out() {
+        let exe = std::env::current_exe().unwrap();
+        let child = std::process::Command::new(exe)
+            .args([
+                "conn::tests::emfile_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_CHILD, "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: kill(2) on the child we spawned, which has not been reaped yet (the
+                // thread waiting for it has not returned).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                panic!("the child did not finish within 60 s");
+            }
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("emfile-child: done"),
+            "{}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status
+        );
+        eprintln!(
+            "{}",
+            // The harness prints `test … ... ` before what the test prints, on its line.
+            stdout
+                .lines()
+                .filter_map(|l| l.find("emfile-child:").map(|at| &l[at..]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    /// CPU time this process has used, user and system.
+    fn cpu_time() -> Duration {
+        // SAFETY: getrusage fills the struct it is given; zeroed is a valid `rusage`.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        assert_eq!(rc, 0);
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
+    /// The child half of `accept_backs_off_and_recovers_when_descriptors_run_out`; does
+    /// nothing unless `EMFILE_CHILD` is set. A server thread with a client connection waiting
+    /// in the backlog while the process has no descriptor left: for a second its accept loop
+    /// must fail slowly (little CPU, a bounded count of failures reported), and once
+    /// descriptors are free it must take the connection and answer it by itself.
+    #[test]
+    fn emfile_child() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            return;
+        }
+        use std::io::{Read, Write};
+        // A low limit, so that running out takes a few hundred descriptors, not a million.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: get/setrlimit on a valid struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim.rlim_cur = lim.rlim_max.min(256);
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let (stop, rx) = watch::channel(false);
+        let (observer, root): (Arc<dyn Observer>, _) = (recorder.clone(), dir.path().to_owned());
+        let (up_tx, up) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                // Runtime and listener have their descriptors: the rest may run out.
+                up_tx.send(()).unwrap();
+                serve(listener, app(root), observer, Limits::default(), rx).await
+            })
+        });
+        up.recv_timeout(Duration::from_secs(10)).unwrap();
+        let get = b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let answer = |mut s: std::net::TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).map(|_| out)
+        };
+        // The client's socket is made while there are descriptors, and connected after: the
+        // kernel completes the handshake in the backlog, and only the server's accept needs
+        // a descriptor it cannot have.
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let mut hog = Vec::new();
+        let mut run_out = || loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => hog.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("opening /dev/null: {e}"),
+            }
+        };
+        run_out();
+        // Again, for any descriptor the runtime's threads closed meanwhile.
+        std::thread::sleep(Duration::from_millis(100));
+        run_out();
+        let short = hog.len();
+        client.connect(&addr.into()).unwrap();
+        let mut client: std::net::TcpStream = client.into();
+        client.write_all(get).unwrap();
+        let (cpu0, t0) = (cpu_time(), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+        let failed = recorder.accept_failed.lock().unwrap().clone();
+        // Not answered while out of descriptors.
+        client.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let early = client.read(&mut byte);
+        client.set_nonblocking(false).unwrap();
+
+        drop(hog);
+        let t1 = std::time::Instant::now();
+        let out = answer(client);
+        let recovered = t1.elapsed();
+        println!(
+            "emfile-child: out of descriptors ({short} taken) for {wall:?}: {cpu:?} CPU, {} \
+             accept failures reported ({:?}); answered {recovered:?} after they were freed",
+            failed.len(),
+            failed.first()
+        );
+        assert!(
+            matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "answered while out of descriptors: {early:?}"
+        );
+        let out = out.unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200 OK\r\n") && out.ends_with(b"\r\n\r\nok"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(recovered < Duration::from_secs(2), "{recovered:?}");
+        // A loop that spins burns the whole second; backing off 50 ms costs ~20 accept calls.
+        assert!(cpu < Duration::from_millis(300), "{cpu:?} CPU in {wall:?}");
+        assert!(
+            (5..=40).contains(&failed.len()) && failed.iter().all(|r| *r == "EMFILE"),
+            "{} accept failures reported in {wall:?}: {failed:?}",
+            failed.len()
+        );
+        stop.send(true).unwrap();
+        server.join().unwrap().unwrap();
+        println!("emfile-child: done");
     }
 }

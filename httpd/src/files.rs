@@ -2,6 +2,7 @@
 //! with Range, HEAD, ETag and If-None-Match. The body is not read here: the response carries
 //! the open file as a `SendFile` extension and the connection sends it with sendfile(2).
 
+use crate::log_safe;
 use crate::range::{decide_range, etag, none_match, RangeDecision};
 use crate::sendfile::SendFile;
 use axum::body::Body;
@@ -96,11 +97,15 @@ pub fn serve(root: &Path, rel: &str, method: &Method, headers: &HeaderMap) -> Re
     let (file, meta) = match open_confined(root, rel) {
         Ok(opened) => opened,
         Err(Confined::Forbidden(why)) => {
-            tracing::warn!(path = rel, why, "refused file request");
+            // The path is the client's, percent-decoded: it may hold line breaks and escapes.
+            tracing::warn!(path = &*log_safe(rel), why, "refused file request");
             return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
         }
         Err(Confined::Unavailable) => {
-            tracing::warn!(path = rel, "out of file descriptors: file request refused");
+            tracing::warn!(
+                path = &*log_safe(rel),
+                "out of file descriptors: file request refused"
+            );
             return (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response();
         }
         Err(_) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
@@ -230,5 +235,70 @@ mod tests {
             assert_eq!(beneath, want, "openat2: {rel:?}");
             assert_eq!(walk, want, "walk: {rel:?}");
         }
+    }
+
+    /// Records the fields of every event as a sink would get them: strings as sent,
+    /// `%`-fields as their `Display`, `?`-fields as their `Debug`.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push(format!("{}={}", field.name(), value));
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push(format!("{}={:?}", field.name(), value));
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Vec::new();
+            event.record(&mut Fields(&mut fields));
+            self.0.lock().unwrap().extend(fields);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn refused_paths_reach_the_log_without_control_characters() {
+        let d = tempfile::tempdir().unwrap();
+        let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let capture = Capture(logged.clone());
+        // Paths as axum hands them over, percent-decoded: a forged log line, a terminal escape,
+        // a C1 control (NEL, a line break to some viewers) and DEL.
+        let paths = [
+            "../x\nWARN pxeforge: forged line",
+            "../x\r\x1b[2J",
+            "a\\b\u{85}\u{7f}",
+        ];
+        tracing::subscriber::with_default(capture, || {
+            for p in paths {
+                let r = serve(d.path(), p, &axum::http::Method::GET, &HeaderMap::new());
+                assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            }
+        });
+        let logged = logged.lock().unwrap();
+        let paths_logged: Vec<&String> = logged.iter().filter(|f| f.starts_with("path=")).collect();
+        assert_eq!(paths_logged.len(), paths.len(), "{logged:?}");
+        for f in logged.iter() {
+            assert!(
+                !f.chars().any(char::is_control),
+                "control character logged: {f:?}"
+            );
+        }
+        assert_eq!(paths_logged[0], "path=../x\\nWARN pxeforge: forged line");
+        assert_eq!(paths_logged[1], "path=../x\\r\\x1b[2J");
+        assert_eq!(paths_logged[2], "path=a\\\\b\\x85\\x7f");
     }
 }

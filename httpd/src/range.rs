@@ -17,7 +17,14 @@ pub fn decide_range(header: Option<&str>, len: u64) -> RangeDecision {
     let Some(h) = header else {
         return RangeDecision::Full;
     };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+    // RFC 9110 §14.1: range units are case-insensitive. `get` rather than slicing: the
+    // header is the client's and may have a multi-byte character where the unit should end.
+    let h = h.trim();
+    let Some(spec) = h
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .and_then(|_| h.get(6..))
+    else {
         return RangeDecision::Full;
     };
     if spec.contains(',') {
@@ -128,6 +135,39 @@ mod tests {
     }
 
     #[test]
+    fn range_unit_is_case_insensitive() {
+        // RFC 9110 §14.1: range units are compared case-insensitively.
+        for h in [
+            "bytes=0-9",
+            "Bytes=0-9",
+            "BYTES=0-9",
+            "bYtEs=0-9",
+            " BYTES=0-9 ",
+        ] {
+            assert_eq!(
+                decide_range(Some(h), 100),
+                Partial { start: 0, end: 9 },
+                "{h}"
+            );
+        }
+        assert_eq!(
+            decide_range(Some("BYTES=-4"), 10),
+            Partial { start: 6, end: 9 }
+        );
+        assert_eq!(decide_range(Some("Bytes=10-"), 10), Unsatisfiable);
+        for h in [
+            "bytesx=0-9",
+            "byte=0-9",
+            "bytes =0-9",
+            "bytés=0-9",
+            "BYTES",
+            "",
+        ] {
+            assert_eq!(decide_range(Some(h), 100), Full, "{h}");
+        }
+    }
+
+    #[test]
     fn conditional() {
         let t = etag(10, 5, 7);
         assert!(none_match(Some(&t), &t));
@@ -143,6 +183,23 @@ mod tests {
             if let Partial { start, end } = decide_range(Some(&h), len) {
                 prop_assert!(start <= end && end < len);
             }
+        }
+
+        #[test]
+        fn the_unit_in_any_case_decides_as_lowercase(
+            upper in proptest::collection::vec(any::<bool>(), 5),
+            spec in "[0-9]{0,4}-[0-9]{0,4}",
+            len in 0u64..10_000,
+        ) {
+            let unit: String = "bytes"
+                .chars()
+                .zip(&upper)
+                .map(|(c, &u)| if u { c.to_ascii_uppercase() } else { c })
+                .collect();
+            prop_assert_eq!(
+                decide_range(Some(&format!("{unit}={spec}")), len),
+                decide_range(Some(&format!("bytes={spec}")), len)
+            );
         }
 
         #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Bytes per `sendfile` call: large enough for few syscalls, small enough that one download
 /// yields to the other connections on this thread between calls.
@@ -23,8 +24,8 @@ pub struct SendFile {
     pub count: u64,
 }
 
-/// Sends `head` and then the file range. `stall` bounds how long the client may keep the
-/// socket unwritable before we give up on it.
+/// Sends `head` and then the file range. `stall` bounds how long may pass without a byte of
+/// either leaving for the socket before we give up on the client.
 pub async fn send(
     stream: &mut TcpStream,
     head: &[u8],
@@ -52,9 +53,32 @@ fn set_cork(stream: &TcpStream, on: bool) -> io::Result<()> {
     socket2::SockRef::from(stream).set_cork(on)
 }
 
-/// The error for a client that kept the socket unwritable past the stall limit.
+/// The error for a client that took no bytes for the stall limit (kind `TimedOut`).
 pub fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
+}
+
+/// Writes all of `data`, giving up when `stall` passes without a byte leaving. The clock
+/// restarts only when a write takes bytes, never because the socket was reported writable: a
+/// client that reads a byte now and then, or holds its window at zero, is dropped all the same,
+/// and one that reads slowly but steadily is not, however long the whole body takes.
+pub(crate) async fn write_all(
+    stream: &mut TcpStream,
+    mut data: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        // `write` resolves only once it has taken bytes (or failed): a wake-up that finds no
+        // room is retried inside it, under the same timer.
+        let n = tokio::time::timeout(stall, stream.write(data))
+            .await
+            .map_err(stalled)??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
 }
 
 async fn send_body(
@@ -69,9 +93,11 @@ async fn send_body(
     let mut offset = i64::try_from(body.start).map_err(|_| io::Error::other("offset too large"))?;
     let mut left = body.count;
     let mut first = true;
+    // Moved on only by bytes sent (see `write_all`), not by each wake-up.
+    let mut deadline = Instant::now() + stall;
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
-        let sent = tokio::time::timeout(stall, stream.writable())
+        let sent = tokio::time::timeout_at(deadline, stream.writable())
             .await
             .map_err(stalled)
             .and_then(|r| r)
@@ -90,9 +116,11 @@ async fn send_body(
             Ok(n) => {
                 left -= n as u64;
                 first = false;
+                deadline = Instant::now() + stall;
                 observer.bytes_sent(n as u64);
                 tokio::task::yield_now().await;
             }
+            // Writable, yet no room: the deadline stands.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // Some filesystems cannot sendfile (EINVAL/ENOSYS): copy instead, once.
             Err(e) if first && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
@@ -127,8 +155,10 @@ async fn send_all_flags(
     flags: i32,
     stall: Duration,
 ) -> io::Result<()> {
+    // Moved on only by bytes sent (see `write_all`), not by each wake-up.
+    let mut deadline = Instant::now() + stall;
     while !data.is_empty() {
-        tokio::time::timeout(stall, stream.writable())
+        tokio::time::timeout_at(deadline, stream.writable())
             .await
             .map_err(stalled)??;
         let r = stream.try_io(Interest::WRITABLE, || {
@@ -148,7 +178,10 @@ async fn send_all_flags(
             }
         });
         match r {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                deadline = Instant::now() + stall;
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -181,9 +214,7 @@ async fn copy(
                 "file shrank while being sent",
             ));
         }
-        tokio::time::timeout(stall, stream.write_all(&buf[..n]))
-            .await
-            .map_err(stalled)??;
+        write_all(stream, &buf[..n], stall).await?;
         offset += n as u64;
         left -= n as u64;
         observer.bytes_sent(n as u64);

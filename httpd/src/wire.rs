@@ -1,6 +1,15 @@
 //! HTTP/1.1 framing as pure functions (RFC 9112): the request head, how long its body is, the
 //! chunked body decoder and the response head. No sockets here, so every rule is tested and
 //! fuzzed on bytes alone; `conn` does the I/O.
+//!
+//! Line ends: every line of the framing ends in CRLF — the request line, header lines, the
+//! blank line ending the head, chunk-size lines, the CRLF after chunk data, trailer lines and
+//! the last line of a chunked body. A bare LF in any of them is refused (400), and so is a
+//! bare CR. RFC 9112 §2.2 lets a recipient take a bare LF as a line end, but only where every
+//! parser on the path agrees on where a line ends is a request's end the same for all of them;
+//! refusing is the one policy that cannot disagree with a proxy in front (that difference is
+//! how request smuggling works), and every client pxeforge serves (iPXE, curl, wget, Anaconda)
+//! sends CRLF. Bytes inside chunk data are data, LF or not.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -10,8 +19,10 @@ use http::{Method, StatusCode};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Header lines per request; more is 431.
 pub const MAX_HEADERS: usize = 64;
-/// Trailer bytes after a chunked body (we read and drop them).
+/// Trailer bytes after a chunked body (we read and drop them), and chunk-extension bytes.
 const MAX_TRAILER: usize = 4 * 1024;
+/// The refusal of a bare LF in a chunked body's lines.
+const BARE_LF: &str = "bare LF in chunked body";
 
 /// How the request body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +100,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     if len > MAX_HEAD {
         return Err(WireError::HeadTooLarge);
     }
+    // httparse takes a bare LF as a line end; we do not (see the module documentation).
+    if has_bare_lf(&buf[..len]) {
+        return Err(WireError::Malformed("bare LF in request head"));
+    }
     let minor = req.version.ok_or(WireError::Malformed("no version"))?;
     let method = req
         .method
@@ -133,6 +148,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
         keep_alive,
         expect_continue,
     }))
+}
+
+/// Whether an LF in `head` is not preceded by a CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
 }
 
 /// `PRI * HTTP/2.0`: a client speaking HTTP/2 with prior knowledge.
@@ -201,7 +221,8 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     })
 }
 
-/// Decodes a chunked body incrementally (RFC 9112 §7.1); trailers are read and dropped.
+/// Decodes a chunked body incrementally (RFC 9112 §7.1); trailers are read and dropped. Every
+/// line ends in CRLF; a bare LF or CR is refused wherever it comes (see the module docs).
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: Chunk,
@@ -287,6 +308,7 @@ impl ChunkedDecoder {
                             digits: digits + 1,
                         };
                     }
+                    None if b == b'\n' => return bad(BARE_LF),
                     None if digits == 0 => return bad("chunk size"),
                     None => match b {
                         b'\r' => self.state = Chunk::SizeLf { size },
@@ -296,7 +318,7 @@ impl ChunkedDecoder {
                 },
                 Chunk::Ext { size } => match b {
                     b'\r' => self.state = Chunk::SizeLf { size },
-                    b'\n' => return bad("bare LF in chunk header"),
+                    b'\n' => return bad(BARE_LF),
                     _ => {
                         self.trailer += 1;
                         if self.trailer > MAX_TRAILER {
@@ -319,6 +341,9 @@ impl ChunkedDecoder {
                     };
                 }
                 Chunk::DataCr => {
+                    if b == b'\n' {
+                        return bad(BARE_LF);
+                    }
                     if b != b'\r' {
                         return bad("chunk data not ended by CRLF");
                     }
@@ -330,17 +355,21 @@ impl ChunkedDecoder {
                     }
                     self.state = Chunk::Size { size: 0, digits: 0 };
                 }
+                // A bare LF here used to be taken as trailer text, so that `0\r\n\n` did not
+                // end the body and the request after it was swallowed as trailers.
                 Chunk::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        Chunk::EndLf
-                    } else {
-                        Chunk::TrailerLine
+                    self.state = match b {
+                        b'\r' => Chunk::EndLf,
+                        b'\n' => return bad(BARE_LF),
+                        _ => Chunk::TrailerLine,
                     };
                     self.count_trailer()?;
                 }
                 Chunk::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = Chunk::TrailerLineLf;
+                    match b {
+                        b'\r' => self.state = Chunk::TrailerLineLf,
+                        b'\n' => return bad(BARE_LF),
+                        _ => {}
                     }
                     self.count_trailer()?;
                 }
@@ -550,6 +579,64 @@ mod tests {
     }
 
     #[test]
+    fn bare_lf_is_refused_in_heads_and_in_chunked_bodies() {
+        // One policy for every line of the framing: CRLF only (see `parse_head`).
+        for h in [
+            "GET / HTTP/1.1\nHost: a\n\n",
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\n",
+            "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.0\n\n",
+        ] {
+            let e = head(h).unwrap_err();
+            assert_eq!(e, WireError::Malformed("bare LF in request head"), "{h:?}");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+        // CRLF everywhere, and the leading empty line RFC 9112 §2.2 lets us skip, still parse.
+        assert!(head("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .is_some());
+        let bodies: [&[u8]; 8] = [
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5;x=y\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\n\r\n",
+            b"0\r\n\n",
+            b"0\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"0\r\nX-T: 1\n\r\n",
+            b"0\r\nX-T: 1\r\n\n",
+        ];
+        for body in bodies {
+            let shown = String::from_utf8_lossy(body);
+            assert!(
+                matches!(dechunk(body, 100), Err(WireError::Malformed(_))),
+                "{shown:?}: {:?}",
+                dechunk(body, 100)
+            );
+        }
+        // A bare CR is no line end either.
+        assert!(head("GET / HTTP/1.1\rHost: a\r\n\r\n").is_err());
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\r\n\r\n").is_err());
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\r\n").is_err());
+        for body in [
+            &b"5\rhello\r\n"[..],
+            b"5\r\nhello\r0\r\n\r\n",
+            b"0\r\nX: 1\r\r\n\r\n",
+            b"0\r\n\r\r\n",
+        ] {
+            assert!(
+                dechunk(body, 100).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A bare LF inside chunk data is data.
+        let (out, _, done) = dechunk(b"3\r\na\nb\r\n0\r\n\r\n", 100).unwrap();
+        assert_eq!((out.as_slice(), done), (&b"a\nb"[..], true));
+    }
+
+    #[test]
     fn response_heads() {
         let mut out = Vec::new();
         let mut h = HeaderMap::new();
@@ -570,6 +657,7 @@ mod tests {
         fn any_bytes_parse_or_refuse(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             if let Ok(Some(h)) = parse_head(&bytes) {
                 prop_assert!(h.len <= bytes.len() && h.len <= MAX_HEAD);
+                prop_assert!(!has_bare_lf(&bytes[..h.len]));
             }
         }
 
@@ -608,6 +696,105 @@ mod tests {
             prop_assert!(d.is_done());
             prop_assert_eq!(at, wire.len());
             prop_assert_eq!(out, want);
+        }
+
+        /// A head whose line ends are each CRLF or bare LF parses only if all are CRLF.
+        #[test]
+        fn heads_parse_only_with_crlf_everywhere(
+            fields in proptest::collection::vec(("[a-z][a-z0-9-]{0,8}", "[!-~]([ -~]{0,16}[!-~])?"), 0..6),
+            crlf in proptest::collection::vec(any::<bool>(), 8),
+            leading_blank in any::<bool>(),
+        ) {
+            let mut lines = vec!["GET /x?y HTTP/1.1".to_string(), "Host: h".to_string()];
+            lines.extend(fields.iter().map(|(n, v)| format!("X-{n}: {v}")));
+            lines.push(String::new());
+            // One end per line, the last one the blank line ending the head; a leading blank
+            // line (which RFC 9112 §2.2 lets a server skip) takes the first.
+            let ends: Vec<bool> = crlf.iter().copied().cycle().take(lines.len() + 1).collect();
+            let eol = |crlf: bool| if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            let mut used = Vec::new();
+            if leading_blank {
+                text.push_str(eol(ends[0]));
+                used.push(ends[0]);
+            }
+            for (i, line) in lines.iter().enumerate() {
+                text.push_str(line);
+                text.push_str(eol(ends[i + 1]));
+                used.push(ends[i + 1]);
+            }
+            let all_crlf = used.iter().all(|&c| c);
+            match parse_head(text.as_bytes()) {
+                Ok(Some(h)) => {
+                    prop_assert!(all_crlf, "accepted a bare LF: {:?}", text);
+                    prop_assert_eq!(h.len, text.len());
+                }
+                Ok(None) => prop_assert!(false, "incomplete: {:?}", text),
+                Err(e) => {
+                    prop_assert!(!all_crlf, "refused {:?}: {}", text, e);
+                    prop_assert_eq!(e, WireError::Malformed("bare LF in request head"));
+                }
+            }
+        }
+
+        /// A chunked body whose line ends (size lines, data ends, trailers, the last line) are
+        /// each CRLF or bare LF decodes only if all are CRLF; a bare LF is refused where it is.
+        #[test]
+        fn chunked_bodies_decode_only_with_crlf_everywhere(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..32), 0..4),
+            ext in any::<bool>(),
+            trailers in 0usize..3,
+            crlf in proptest::collection::vec(any::<bool>(), 12),
+            piece in 1usize..9,
+        ) {
+            let mut ends = crlf.iter().copied().cycle();
+            let mut eol = |wire: &mut Vec<u8>, used: &mut Vec<bool>| {
+                let c = ends.next().unwrap_or(true);
+                used.push(c);
+                wire.extend_from_slice(if c { b"\r\n" } else { b"\n" });
+            };
+            let (mut wire, mut used, mut want) = (Vec::new(), Vec::new(), Vec::new());
+            for c in &chunks {
+                wire.extend_from_slice(format!("{:x}", c.len()).as_bytes());
+                if ext {
+                    wire.extend_from_slice(b";e=1");
+                }
+                eol(&mut wire, &mut used);
+                wire.extend_from_slice(c);
+                want.extend_from_slice(c);
+                eol(&mut wire, &mut used);
+            }
+            wire.push(b'0');
+            eol(&mut wire, &mut used);
+            for t in 0..trailers {
+                wire.extend_from_slice(format!("X-T{t}: v").as_bytes());
+                eol(&mut wire, &mut used);
+            }
+            eol(&mut wire, &mut used);
+            let all_crlf = used.iter().all(|&c| c);
+            // Fed in pieces, as reads deliver it.
+            let mut d = ChunkedDecoder::new(1 << 20);
+            let mut out = Vec::new();
+            let mut at = 0;
+            let mut result = Ok(());
+            while at < wire.len() && !d.is_done() {
+                let end = (at + piece).min(wire.len());
+                match d.decode(&wire[at..end], &mut out) {
+                    Ok(n) => at += n,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if all_crlf {
+                prop_assert_eq!(result, Ok(()));
+                prop_assert!(d.is_done());
+                prop_assert_eq!(at, wire.len());
+                prop_assert_eq!(out, want);
+            } else {
+                prop_assert!(matches!(result, Err(WireError::Malformed(_))), "{:?}: {:?}", wire, result);
+            }
         }
 
         #[test]

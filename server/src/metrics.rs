@@ -20,6 +20,16 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// HTTP connections refused before a request was read, by reason (`per-address`).
+    connections_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed `accept` calls, by reason (`EMFILE`, `ENFILE`, ...).
+    accept_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump(m: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(key).or_default() += 1;
+    }
 }
 
 impl Metrics {
@@ -53,6 +63,25 @@ impl Metrics {
                 .collect();
             for ((route, status), n) in sorted {
                 requests.sample(&[("endpoint", &route), ("status", &status)], n);
+            }
+        }
+        for (name, help, map) in [
+            (
+                "pxeforge_http_connections_refused_total",
+                "HTTP connections refused before any request was read, by reason.",
+                &self.connections_refused,
+            ),
+            (
+                "pxeforge_http_accept_failures_total",
+                "Failed accepts of HTTP connections (EMFILE: out of descriptors), by reason.",
+                &self.accept_failures,
+            ),
+        ] {
+            let mut f = w.family(name, Kind::Counter, help);
+            if let Ok(m) = map.lock() {
+                for (reason, n) in m.iter() {
+                    f.sample(&[("reason", reason)], *n);
+                }
             }
         }
         let mut scripts = w.family(
@@ -105,6 +134,14 @@ impl pxeforge_httpd::Observer for Metrics {
     fn request_refused(&self, status: http::StatusCode) {
         self.request("refused", status.as_u16());
     }
+
+    fn connection_refused(&self, reason: &'static str) {
+        bump(&self.connections_refused, reason);
+    }
+
+    fn accept_failed(&self, reason: &'static str) {
+        bump(&self.accept_failures, reason);
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +173,6 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
-        assert_eq!(out.matches("# HELP ").count(), 7, "{out}");
+        assert_eq!(out.matches("# HELP ").count(), 9, "{out}");
     }
 }

@@ -35,6 +35,53 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// The TFTP service's limits from `[tftp]` and `limits.exempt` (loopback stays exempt from the
+/// per-source rate, as in the TFTP crate's defaults).
+fn tftp_config(s: &pxeforge_site::Settings, root: PathBuf) -> pxeforge_tftp::TftpConfig {
+    let defaults = pxeforge_tftp::TftpConfig::default();
+    let mut exempt = defaults.rate_limit_exempt.clone();
+    // The site loader refused anything that does not parse.
+    exempt.extend(
+        s.limits
+            .exempt
+            .iter()
+            .filter_map(|n| n.parse::<pxeforge_tftp::IpNet>().ok()),
+    );
+    let t = &s.tftp;
+    pxeforge_tftp::TftpConfig {
+        root,
+        max_timeout: std::time::Duration::from_secs(t.max_timeout.max(1)),
+        transfer_deadline: std::time::Duration::from_secs(t.transfer_deadline_secs.max(1)),
+        max_transfers: t.max_transfers.max(1),
+        max_new_per_source_per_sec: t.new_per_source_per_sec,
+        rate_limit_exempt: exempt,
+        ..defaults
+    }
+}
+
+/// The HTTP transport's limits from `[limits]` (fixed for the life of the process: they shape
+/// the listener).
+fn http_limits(s: &pxeforge_site::Settings) -> pxeforge_httpd::conn::Limits {
+    let exempt = s
+        .limits
+        .exempt
+        .iter()
+        // The site loader refused anything that does not parse.
+        .filter_map(|n| n.parse::<pxeforge_httpd::cidr::Cidr>().ok())
+        .collect();
+    let secs = |n: u64| std::time::Duration::from_secs(n.max(1));
+    pxeforge_httpd::conn::Limits {
+        idle: secs(s.limits.http_idle_secs),
+        request: secs(s.limits.http_request_secs),
+        stall: secs(s.limits.http_stall_secs),
+        max_connections: s.limits.http_connections.max(1),
+        max_connections_per_addr: s.limits.http_connections_per_addr,
+        max_requests: s.limits.http_requests_per_connection,
+        exempt,
+        ..pxeforge_httpd::conn::Limits::default()
+    }
+}
+
 pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     raise_nofile_limit();
     let site_dir = site_dir
@@ -74,10 +121,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let Some(addr) = eff.tftp {
-        let config = pxeforge_tftp::TftpConfig {
-            root: eff.tftp_root.clone(),
-            ..Default::default()
-        };
+        let config = tftp_config(&catalog.load().site.settings, eff.tftp_root.clone());
         let server = pxeforge_tftp::TftpServer::bind(addr, config)
             .await
             .with_context(|| format!("binding TFTP on {addr}"))?;
@@ -122,6 +166,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     println!("pxeforge: http listening on {http_addr}");
     let app = handlers::router(state);
     let http_metrics: Arc<dyn pxeforge_httpd::Observer> = metrics.clone();
+    let http_limits = http_limits(&catalog.load().site.settings);
     let http_shutdown = shutdown_rx.clone();
     let workers = eff.http_workers.map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -132,7 +177,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
             listener,
             app,
             http_metrics,
-            pxeforge_httpd::conn::Limits::default(),
+            http_limits,
             http_shutdown,
             workers,
         )

@@ -221,6 +221,15 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
                     );
                 }
             }
+            for n in &s.limits.exempt {
+                if !settings::valid_network(n) {
+                    let off = text.find(n.as_str()).unwrap_or(0);
+                    fd.error_at(
+                        off,
+                        format!("limits.exempt: {n:?} is not an address or a network (10.0.0.0/8, fd00::/8)"),
+                    );
+                }
+            }
             let b = &s.server.base_url;
             if !(b.is_empty() || b.starts_with("http://") || b.starts_with("https://")) {
                 let off = text.find("base_url").unwrap_or(0);

@@ -12,6 +12,54 @@ pub struct Settings {
     pub tftp: TftpSettings,
     pub dhcp: DhcpSettings,
     pub install: InstallSettings,
+    pub limits: LimitsSettings,
+}
+
+/// What one client may hold: the segment is not ours, so no client may take a service down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// HTTP connections one client address (an IPv6 /64) may hold at once; 0: no cap.
+    pub http_connections_per_addr: usize,
+    /// Requests served on one keep-alive connection before it is closed.
+    pub http_requests_per_connection: usize,
+    /// HTTP connections served at once (the rest wait in the listen queue).
+    pub http_connections: usize,
+    /// Seconds an idle keep-alive connection is kept.
+    pub http_idle_secs: u64,
+    /// Seconds from a request's first byte to its whole head (and body): else 408.
+    pub http_request_secs: u64,
+    /// Seconds without a byte leaving before a client that does not read is dropped.
+    pub http_stall_secs: u64,
+    /// Addresses and networks (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`) the per-client caps do
+    /// not apply to: loopback benches, racks behind NAT, load balancers.
+    pub exempt: Vec<String>,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            http_connections_per_addr: 256,
+            http_requests_per_connection: 10_000,
+            http_connections: 16_384,
+            http_idle_secs: 75,
+            http_request_secs: 30,
+            http_stall_secs: 60,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// `ADDR` or `ADDR/PREFIX` (IPv4 or IPv6): what `limits.exempt` accepts.
+pub fn valid_network(s: &str) -> bool {
+    let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(a) => {
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            prefix.is_empty() || prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        }
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +93,15 @@ pub struct TftpSettings {
     pub enabled: bool,
     pub listen: SocketAddr,
     pub root: PathBuf,
+    /// Largest `timeout` option (seconds) acknowledged; a larger one is left unacknowledged.
+    pub max_timeout: u64,
+    /// Seconds after which any transfer ends (longer for files that need it at 64 KiB/s).
+    pub transfer_deadline_secs: u64,
+    /// Transfers served at once (more answer ERROR "busy").
+    pub max_transfers: usize,
+    /// New transfers per second from one source address (0: no limit); `limits.exempt` and
+    /// loopback are exempt.
+    pub new_per_source_per_sec: u32,
 }
 
 impl Default for TftpSettings {
@@ -53,6 +110,10 @@ impl Default for TftpSettings {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 6969)),
             root: PathBuf::from("/usr/lib/ipxe"),
+            max_timeout: 10,
+            transfer_deadline_secs: 600,
+            max_transfers: 4096,
+            new_per_source_per_sec: 20,
         }
     }
 }

@@ -176,6 +176,23 @@ pub fn pxeforge(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `pxeforge reinstall ARGS --site SITE --state STATE`: (exit code, stdout and stderr).
+pub fn reinstall(site: &Path, state: &Path, args: &[&str]) -> (i32, String) {
+    let mut a = vec!["reinstall"];
+    a.extend_from_slice(args);
+    let (site, state) = (site.to_string_lossy(), state.to_string_lossy());
+    a.extend(["--site", &site, "--state", &state]);
+    let (code, out, err) = pxeforge(&a);
+    (code, format!("{out}{err}"))
+}
+
+/// Arms hosts (`pxeforge reinstall ARGS`), failing the test if that fails: a new state store
+/// adopts every host as installed, so a test that wants an install script arms first.
+pub fn arm(site: &Path, state: &Path, args: &[&str]) {
+    let (code, out) = reinstall(site, state, args);
+    assert_eq!(code, 0, "pxeforge reinstall {args:?}: {out}");
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))

@@ -227,8 +227,15 @@ fn a_flood_of_unknown_machines_stays_bounded() {
             let addr = srv.http;
             std::thread::spawn(move || {
                 let mut c = Conn::open(addr);
+                let mut on_conn = 0;
                 let mut i = w;
                 while i < MACHINES {
+                    // The server closes a keep-alive connection after 10,000 requests.
+                    if on_conn + BATCH > 10_000 {
+                        c = Conn::open(addr);
+                        on_conn = 0;
+                    }
+                    on_conn += BATCH;
                     let mut batch = String::new();
                     let mut sent = 0;
                     while sent < BATCH && i < MACHINES {

@@ -1,6 +1,6 @@
 //! The boot service's HTTP endpoints, through the real binary and a real HTTP client.
 
-use pxeforge_tests::{copy_example_site, pxeforge, sha256_hex, Server};
+use pxeforge_tests::{arm, copy_example_site, sha256_hex, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use std::path::Path;
@@ -52,20 +52,6 @@ fn start(f: &Fixture) -> Server {
             f.state.to_str().unwrap(),
         ],
     )
-}
-
-/// `pxeforge reinstall ARGS --site SITE --state STATE`.
-fn arm(site: &Path, state: &Path, args: &[&str]) {
-    let mut a = vec!["reinstall"];
-    a.extend_from_slice(args);
-    a.extend([
-        "--site",
-        site.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
-    let (code, out, err) = pxeforge(&a);
-    assert_eq!(code, 0, "reinstall: {out}{err}");
 }
 
 /// The `inst.ks=` URL of an install script (it carries the build's token).

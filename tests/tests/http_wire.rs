@@ -28,15 +28,7 @@ fn site() -> Site {
     std::fs::write(assets.join("small.txt"), b"small\n").unwrap();
     let state = dir.path().join("state");
     // One armed host, whose build token the event posts below carry.
-    let (code, out, err) = pxeforge_tests::pxeforge(&[
-        "reinstall",
-        "vm-bios-01",
-        "--site",
-        site.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    pxeforge_tests::arm(&site, &state, &["vm-bios-01"]);
     let server = Server::start(
         &site,
         &[

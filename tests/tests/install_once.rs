@@ -2,7 +2,7 @@
 //! binary. A host is armed (`pxeforge reinstall`, or a raised `generation`), installs once, and
 //! boots its local disk from then on; nothing in the TOML is edited for that.
 
-use pxeforge_tests::{copy_example_site, pxeforge, Server};
+use pxeforge_tests::{copy_example_site, Server};
 use reqwest::blocking::Client;
 use std::path::PathBuf;
 
@@ -35,15 +35,7 @@ fn serve(s: &Site) -> Server {
 }
 
 fn reinstall(s: &Site, args: &[&str]) -> (i32, String) {
-    let mut a = vec!["reinstall"];
-    a.extend_from_slice(args);
-    let (site, state) = (
-        s.site.to_str().expect("utf-8"),
-        s.state.to_str().expect("utf-8"),
-    );
-    a.extend(["--site", site, "--state", state]);
-    let (code, out, err) = pxeforge(&a);
-    (code, format!("{out}{err}"))
+    pxeforge_tests::reinstall(&s.site, &s.state, args)
 }
 
 fn arm(s: &Site, host: &str) {
@@ -161,14 +153,30 @@ fn finished_with_the_token_ends_the_install_without_editing_toml() {
     );
     assert_eq!(state_of(&s, "vm-bios-01"), "installing");
     assert_eq!(post_event(&c, &srv, Some(&token), "progress"), 201);
+    // A message cannot forge a log line: control characters are escaped in the log.
+    let forged = format!(
+        r#"{{"mac":"{BIOS_MAC}","stage":"install","status":"info","message":"ok\nFORGED install event host=db-a01 status=finished"}}"#
+    );
+    let r = c
+        .post(srv.url("/events"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {token}"))
+        .body(forged)
+        .send()
+        .expect("POST");
+    assert_eq!(r.status(), 201);
     assert_eq!(post_event(&c, &srv, Some(&token), "finished"), 201);
     assert_eq!(state_of(&s, "vm-bios-01"), "installed");
     let after = script(&c, &srv, &format!("mac={BIOS_MAC}"));
     assert!(is_local(&after), "{after}");
     assert_eq!(get(&c, &ks).0, 403);
     assert_eq!(post_event(&c, &srv, Some(&token), "finished"), 403);
-    // No token ever reaches the log.
+    // No token ever reaches the log, and no client text starts a line of its own.
     let log = srv.log_text();
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a forged log line:\n{log}"
+    );
     assert!(!log.contains(&token), "a token leaked into the log:\n{log}");
     assert!(
         log.contains("build state") && log.contains("finished event"),

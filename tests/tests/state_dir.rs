@@ -46,15 +46,7 @@ fn serve_with_state_checks_and_serves_that_store() {
     let state = dir.path().join("elsewhere");
     let tar = vec![7u8; 10240];
     publish(&state, &tar);
-    let (code, out, err) = pxeforge(&[
-        "reinstall",
-        "vm-bios-01",
-        "--site",
-        site.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    pxeforge_tests::arm(&site, &state, &["vm-bios-01"]);
     let server = Server::start(&site, &["--no-tftp", "--state", state.to_str().unwrap()]);
     let log = server.log_text();
     let stdout = server.stdout.join("\n");

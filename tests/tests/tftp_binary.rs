@@ -80,6 +80,8 @@ fn fetched(dir: &Path) -> String {
 
 /// Whether the server logged a refusal naming `name` and a loopback client (polls up to 10 s).
 fn refusal_logged(server: &Server, name: &str) -> bool {
+    // Names are logged with control characters and backslashes escaped.
+    let name = name.escape_debug().to_string();
     for _ in 0..100 {
         let log = server.log_text();
         if log.lines().any(|l| {

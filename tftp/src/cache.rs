@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::confine::Opened;
+use crate::netascii::{self, Source as _};
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +57,35 @@ impl Default for CacheLimits {
 #[derive(Debug)]
 pub enum Content {
     Memory(Arc<[u8]>),
-    File { file: File, size: u64 },
+    File {
+        file: File,
+        size: u64,
+    },
+    /// The netascii encoding of `source` (never itself netascii), converted as it is read:
+    /// `size` is the encoded length, counted when the transfer starts.
+    Netascii {
+        source: Box<Content>,
+        size: u64,
+    },
 }
 
 impl Content {
+    /// The netascii encoding of `source`; reads it through once to count its length.
+    pub fn netascii(source: Content) -> io::Result<Content> {
+        let size = match &source {
+            Content::Memory(data) => netascii::encoded_len(data),
+            _ => netascii::source_encoded_len(&mut Raw::new(&source))?,
+        };
+        Ok(Content::Netascii {
+            source: Box::new(source),
+            size,
+        })
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Content::Memory(data) => data.len() as u64,
-            Content::File { size, .. } => *size,
+            Content::File { size, .. } | Content::Netascii { size, .. } => *size,
         }
     }
 
@@ -72,8 +94,11 @@ impl Content {
     }
 
     /// Fills `out` with the bytes at `offset`. A file that shrank while being served is an error.
+    /// (Netascii content is encoded from its start on every call here: transfers read through
+    /// a [`ReadAhead`], which carries the conversion from block to block.)
     pub fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         match self {
+            Content::Netascii { .. } => ReadAhead::new(self).read_at(offset, out),
             Content::Memory(data) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 let src = start
@@ -89,8 +114,15 @@ impl Content {
 }
 
 /// Sequential reader over a [`Content`]: streamed files are read in large chunks, so a
-/// 512-byte lockstep transfer costs one `pread` per chunk instead of one per block.
+/// 512-byte lockstep transfer costs one `pread` per chunk instead of one per block; netascii
+/// content is converted block by block as it is read.
 pub struct ReadAhead<'a> {
+    raw: Raw<'a>,
+    netascii: Option<netascii::Stream>,
+}
+
+/// Reads the stored bytes of a content (for netascii, of its source).
+struct Raw<'a> {
     content: &'a Content,
     chunk: Vec<u8>,
     chunk_offset: u64,
@@ -101,15 +133,43 @@ pub const READ_AHEAD: usize = 256 * 1024;
 
 impl<'a> ReadAhead<'a> {
     pub fn new(content: &'a Content) -> ReadAhead<'a> {
-        ReadAhead {
-            content,
-            chunk: Vec::new(),
-            chunk_offset: 0,
+        match content {
+            Content::Netascii { source, .. } => ReadAhead {
+                raw: Raw::new(source),
+                netascii: Some(netascii::Stream::new()),
+            },
+            _ => ReadAhead {
+                raw: Raw::new(content),
+                netascii: None,
+            },
         }
     }
 
     /// Fills `out` with the bytes at `offset`.
     pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        match &mut self.netascii {
+            Some(stream) => stream.read_at(&mut self.raw, offset, out),
+            None => self.raw.read_at(offset, out),
+        }
+    }
+}
+
+impl<'a> Raw<'a> {
+    fn new(content: &'a Content) -> Raw<'a> {
+        Raw {
+            content,
+            chunk: Vec::new(),
+            chunk_offset: 0,
+        }
+    }
+}
+
+impl netascii::Source for Raw<'_> {
+    fn size(&self) -> u64 {
+        self.content.len()
+    }
+
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let Content::File { file, size } = self.content else {
             return self.content.read_at(offset, out);
         };

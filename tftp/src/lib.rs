@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod netascii;
 pub mod options;
 pub mod packet;
+pub mod ratelimit;
 mod server;
 mod session;
 pub mod transfer;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use cache::CacheLimits;
 pub use metrics::{Ended, TftpMetrics};
+pub use ratelimit::IpNet;
 pub use server::TftpServer;
 
 /// Settings of the TFTP service.
@@ -31,6 +33,20 @@ pub struct TftpConfig {
     pub timeout: Duration,
     /// Retransmissions without progress before a transfer is dropped.
     pub max_retries: u32,
+    /// Largest retransmission timeout a client may ask for with the `timeout` option (RFC 2349);
+    /// a larger request is acknowledged with this value (whole seconds, at least 1).
+    pub max_timeout: Duration,
+    /// Every transfer is ended after this long (or after `size / transfer_min_rate`, if that
+    /// is longer), however it is going.
+    pub transfer_deadline: Duration,
+    /// Bytes per second a large transfer is allowed at least before its deadline (see
+    /// `transfer_deadline`); 0 gives every transfer `transfer_deadline` regardless of size.
+    pub transfer_min_rate: u64,
+    /// New requests accepted per source address and second (a burst of as many is allowed);
+    /// further requests get no answer at all. 0 turns the limit off.
+    pub max_new_per_source_per_sec: u32,
+    /// Source networks the per-source limit does not apply to.
+    pub rate_limit_exempt: Vec<IpNet>,
     /// Transfers in progress at once; requests beyond it get "server busy".
     pub max_transfers: usize,
     /// Largest block size agreed to (clients asking for more get this).
@@ -39,7 +55,9 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Memory cache of small files.
     pub cache: CacheLimits,
-    /// Netascii transfers are converted in memory; larger files are refused in that mode.
+    /// Largest file served in netascii mode (larger ones are refused in that mode): a netascii
+    /// transfer converts as it streams, but reads its file once first to count the converted
+    /// length.
     pub netascii_max_size: u64,
     /// Threads that drive transfers, each with its own single-threaded runtime.
     pub threads: usize,
@@ -51,6 +69,15 @@ impl Default for TftpConfig {
             root: PathBuf::from("/srv/tftp"),
             timeout: Duration::from_secs(1),
             max_retries: 5,
+            max_timeout: Duration::from_secs(10),
+            transfer_deadline: Duration::from_secs(600),
+            transfer_min_rate: 64 << 10,
+            max_new_per_source_per_sec: 20,
+            // Constant prefixes within 0..=32 and 0..=128: these cannot fail.
+            rate_limit_exempt: vec![
+                IpNet::new(std::net::Ipv4Addr::LOCALHOST.into(), 8).expect("valid prefix"),
+                IpNet::new(std::net::Ipv6Addr::LOCALHOST.into(), 128).expect("valid prefix"),
+            ],
             max_transfers: 4096,
             max_blksize: packet::MAX_BLKSIZE,
             max_windowsize: 64,
@@ -60,6 +87,20 @@ impl Default for TftpConfig {
                 .map_or(1, |n| n.get())
                 .min(4),
         }
+    }
+}
+
+impl TftpConfig {
+    /// How long a transfer of `size` bytes may take in all: `transfer_deadline`, or the time
+    /// `size` bytes take at `transfer_min_rate` if that is longer; at most a year (so that the
+    /// instant it ends at can always be computed).
+    pub fn deadline_for(&self, size: u64) -> Duration {
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let at_min_rate = match self.transfer_min_rate {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs(size / rate),
+        };
+        self.transfer_deadline.max(at_min_rate).min(YEAR)
     }
 }
 
@@ -80,4 +121,33 @@ pub enum TftpError {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_grows_with_size_beyond_the_base() {
+        let config = TftpConfig::default();
+        assert_eq!(config.deadline_for(0), Duration::from_secs(600));
+        // A 1 MiB iPXE binary and a 32 MiB image: the base deadline.
+        assert_eq!(config.deadline_for(1 << 20), Duration::from_secs(600));
+        assert_eq!(config.deadline_for(32 << 20), Duration::from_secs(600));
+        // 1 GiB at 64 KiB/s.
+        assert_eq!(config.deadline_for(1 << 30), Duration::from_secs(16_384));
+        let config = TftpConfig {
+            transfer_min_rate: 0,
+            ..TftpConfig::default()
+        };
+        assert_eq!(config.deadline_for(u64::MAX), Duration::from_secs(600));
+        let config = TftpConfig {
+            transfer_min_rate: 1,
+            ..TftpConfig::default()
+        };
+        assert_eq!(
+            config.deadline_for(u64::MAX),
+            Duration::from_secs(365 * 24 * 3600)
+        );
+    }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{Content, ReadAhead};
 use crate::metrics::TftpMetrics;
-use crate::packet::{self, Packet};
+use crate::packet;
+use crate::session::Supersede;
 use crate::transfer::{Action, Event, Outcome, Params, Transfer};
 
 /// Tells a blocking transfer to stop, and wakes it if it sits in `recv`, unless disarmed.
@@ -58,6 +59,10 @@ pub(crate) struct Job {
     pub params: Params,
     pub oack: Vec<u8>,
     pub timeout: Duration,
+    /// When the whole transfer must be over.
+    pub deadline: Instant,
+    /// Older transfers of the same client port, ended at the first acknowledgement.
+    pub supersede: Supersede,
     pub metrics: Arc<TftpMetrics>,
 }
 
@@ -65,7 +70,7 @@ pub(crate) struct Job {
 /// the state machine ends, on an I/O error, or soon after `cancel` is set.
 pub(crate) fn run(
     socket: &UdpSocket,
-    job: &Job,
+    job: &mut Job,
     stats: &mut Stats,
     cancel: &AtomicBool,
 ) -> std::io::Result<Outcome> {
@@ -74,9 +79,11 @@ pub(crate) fn run(
         params,
         oack,
         timeout,
+        deadline: hard_deadline,
+        supersede,
         metrics,
     } = job;
-    let (params, timeout) = (*params, *timeout);
+    let (params, timeout, hard_deadline) = (*params, *timeout, *hard_deadline);
     socket.set_nonblocking(false)?;
     let mut armed = timeout;
     socket.set_read_timeout(Some(armed))?;
@@ -121,9 +128,13 @@ pub(crate) fn run(
             Action::Finish(outcome) => return Ok(outcome),
         }
         // The receive timeout is the time left until the deadline: after a send that is the
-        // full timeout, already set; only a duplicate ACK (which does not re-arm) changes it.
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let event = if remaining.is_zero() {
+        // full timeout, already set; only a duplicate ACK (which does not re-arm) changes it,
+        // and the transfer's own deadline when it comes first.
+        let now = Instant::now();
+        let remaining = deadline.min(hard_deadline).saturating_duration_since(now);
+        let event = if now >= hard_deadline {
+            Event::Deadline
+        } else if remaining.is_zero() {
             Event::Timeout
         } else {
             if remaining.abs_diff(armed) > Duration::from_millis(1) {
@@ -135,11 +146,7 @@ pub(crate) fn run(
                 return Err(std::io::Error::other("transfer cancelled"));
             }
             match received {
-                Ok(n) => match packet::parse(&inbuf[..n]) {
-                    Ok(Packet::Ack { block }) => Event::Ack(block),
-                    Ok(Packet::Error { .. }) => Event::ClientError,
-                    _ => Event::Unexpected,
-                },
+                Ok(n) => Event::from_datagram(&inbuf[..n]),
                 Err(err)
                     if matches!(
                         err.kind(),
@@ -155,6 +162,7 @@ pub(crate) fn run(
             }
         };
         action = transfer.on_event(event);
+        supersede.check(&transfer);
     }
 }
 

@@ -20,13 +20,18 @@ pub enum Ended {
     BadRequest,
     /// Too many transfers at once.
     Busy,
-    /// Ended by server shutdown or by a new request from the same client port.
+    /// Ended by server shutdown, or replaced by a new request from the same client port once
+    /// that request's first packet was acknowledged.
     Aborted,
     IoError,
+    /// Ended by the total transfer deadline (`TftpConfig::transfer_deadline`).
+    Deadline,
+    /// Not answered: the source sent more new requests than its per-second allowance.
+    RateLimited,
 }
 
 impl Ended {
-    pub const ALL: [Ended; 11] = [
+    pub const ALL: [Ended; 13] = [
         Ended::Complete,
         Ended::ClientAbort,
         Ended::Timeout,
@@ -38,6 +43,8 @@ impl Ended {
         Ended::Busy,
         Ended::Aborted,
         Ended::IoError,
+        Ended::Deadline,
+        Ended::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +60,8 @@ impl Ended {
             Ended::Busy => "busy",
             Ended::Aborted => "aborted",
             Ended::IoError => "io_error",
+            Ended::Deadline => "deadline",
+            Ended::RateLimited => "rate_limited",
         }
     }
 
@@ -70,7 +79,7 @@ pub struct TftpMetrics {
     /// Completed transfers by duration (cumulative buckets are computed when rendering).
     duration_buckets: [AtomicU64; 11],
     duration_micros_sum: AtomicU64,
-    transfers: [AtomicU64; 11],
+    transfers: [AtomicU64; Ended::ALL.len()],
     active: AtomicU64,
     bytes_sent: AtomicU64,
     blocks_retransmitted: AtomicU64,

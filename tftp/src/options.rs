@@ -1,8 +1,8 @@
 //! Option negotiation (RFC 2347 blksize/tsize/timeout per RFC 2348, 2349, windowsize per RFC 7440).
 //!
 //! The server acknowledges only options the client sent, clamps values the RFCs allow it to
-//! lower, ignores options it does not know or whose values are invalid, and never acknowledges
-//! an option twice.
+//! lower (and `timeout`, which the RFC does not: see [`negotiate`]), ignores options it does
+//! not know or whose values are invalid, and never acknowledges an option twice.
 
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_blksize: u16,
     /// Largest window the server agrees to (a client asking more gets this value).
     pub max_windowsize: u16,
+    /// Largest retransmission timeout the server agrees to.
+    pub max_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -22,6 +24,7 @@ impl Default for Limits {
         Limits {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
+            max_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -48,6 +51,8 @@ pub fn negotiate(options: &[RawOption<'_>], size: Option<u64>, limits: Limits) -
     };
     let max_blksize = limits.max_blksize.clamp(8, MAX_BLKSIZE);
     let max_windowsize = limits.max_windowsize.max(1);
+    // Whole seconds, as the option counts; never below the option's smallest valid value.
+    let max_timeout = limits.max_timeout.as_secs().max(1);
     for opt in options {
         let Some(name) = known_name(opt.name) else {
             continue;
@@ -69,8 +74,12 @@ pub fn negotiate(options: &[RawOption<'_>], size: Option<u64>, limits: Limits) -
                 out.windowsize = value.min(u64::from(max_windowsize)) as u16;
                 out.windowsize.to_string()
             }
-            // RFC 2349: 1..=255 seconds; the server must use the value as is or not acknowledge it.
-            "timeout" if (1..=255).contains(&value) => {
+            // RFC 2349: 1..=255 seconds, and the server takes the value as is or leaves it
+            // unacknowledged (an OACK with another value is not allowed). A single, possibly
+            // spoofed, request asking 255 s would hold a transfer for retries × 255 s, so a
+            // value above the server's maximum is left unacknowledged: both sides then use
+            // their default timeout, and the server's never exceeds the maximum.
+            "timeout" if (1..=max_timeout).contains(&value) => {
                 out.timeout = Some(Duration::from_secs(value));
                 value.to_string()
             }
@@ -154,6 +163,7 @@ mod tests {
         let limits = Limits {
             max_blksize: 1468,
             max_windowsize: 16,
+            ..Limits::default()
         };
         let n = negotiate(
             &opts(&[
@@ -178,6 +188,31 @@ mod tests {
         );
         assert!(n.oack.is_empty());
         assert_eq!(n.blksize, 512);
+    }
+
+    #[test]
+    fn timeout_is_clamped_to_the_server_maximum() {
+        // One spoofed RRQ asking 255 s with 5 retries would hold a transfer for 25 minutes.
+        let limits = Limits {
+            max_timeout: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let n = negotiate(&opts(&[("timeout", "255")]), None, limits);
+        assert_eq!(n.timeout, None, "above the maximum: not acknowledged");
+        assert!(n.oack.is_empty());
+        // Within the limit the client's value stands.
+        let n = negotiate(&opts(&[("timeout", "3")]), None, limits);
+        assert_eq!(n.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(n.oack, vec![("timeout", "3".to_string())]);
+        // A maximum below one second still allows the option's smallest value, 1.
+        let limits = Limits {
+            max_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let n = negotiate(&opts(&[("timeout", "5")]), None, limits);
+        assert!(n.oack.is_empty());
+        let n = negotiate(&opts(&[("timeout", "1")]), None, limits);
+        assert_eq!(n.oack, vec![("timeout", "1".to_string())]);
     }
 
     #[test]
@@ -229,7 +264,11 @@ mod tests {
                 let raw: Vec<RawOption<'_>> = pairs.iter()
                     .map(|(n, v)| RawOption { name: n.as_bytes(), value: v.as_bytes() })
                     .collect();
-                let n = negotiate(&raw, size, Limits { max_blksize, max_windowsize });
+                let limits = Limits { max_blksize, max_windowsize, ..Limits::default() };
+                let n = negotiate(&raw, size, limits);
+                if let Some(timeout) = n.timeout {
+                    prop_assert!(timeout >= Duration::from_secs(1) && timeout <= limits.max_timeout);
+                }
                 prop_assert!((8..=MAX_BLKSIZE).contains(&n.blksize));
                 prop_assert!(n.windowsize >= 1 && n.windowsize <= max_windowsize.max(1));
                 prop_assert!(n.oack.len() <= 4);

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 use crate::cache::Cache;
 use crate::metrics::{Ended, TftpMetrics};
 use crate::packet::{self, ErrorCode, Packet};
-use crate::session::{self, ActiveGuard, OwnedRequest, Shared};
+use crate::ratelimit::RateLimiter;
+use crate::session::{self, ActiveGuard, OwnedRequest, Shared, Supersede};
 use crate::{TftpConfig, TftpError};
 
 /// Requests are small; 2 KiB holds any sane one, and longer datagrams are cut and then refused.
@@ -159,11 +160,16 @@ impl TftpServer {
         } = self;
         let socket =
             UdpSocket::from_std(socket).map_err(|source| TftpError::Bind { addr, source })?;
+        let limiter = RateLimiter::new(
+            shared.config.max_new_per_source_per_sec,
+            shared.config.rate_limit_exempt.clone(),
+        );
         let listener = Listener {
             socket,
             pktinfo,
             workers,
             next_worker: std::cell::Cell::new(0),
+            limiter: std::cell::RefCell::new(limiter),
             shared,
         };
         // A dropped sender (the caller's task went away) also means stop.
@@ -173,8 +179,8 @@ impl TftpServer {
         tokio::pin!(stop);
         info!(addr = %addr, root = %listener.shared.root.display(), "tftp: serving");
         let mut tasks: JoinSet<()> = JoinSet::new();
-        // The transfer of each client port, so that a new request from it replaces the old one.
-        let mut by_client: HashMap<SocketAddr, (Id, AbortHandle)> = HashMap::new();
+        // The transfers of each client port, so that a new request from it can replace them.
+        let mut by_client = Clients::default();
         let mut buf = vec![0u8; REQUEST_BUF];
         loop {
             tokio::select! {
@@ -185,7 +191,7 @@ impl TftpServer {
                         Ok((id, ())) => id,
                         Err(err) => err.id(),
                     };
-                    by_client.retain(|_, (task, _)| *task != id);
+                    by_client.ended(id);
                 }
                 received = recv_request(&listener.socket, &mut buf, listener.pktinfo) => {
                     let (n, peer, local_ip) = match received {
@@ -274,7 +280,43 @@ struct Listener {
     pktinfo: bool,
     workers: Vec<Handle>,
     next_worker: std::cell::Cell<usize>,
+    /// Used only by the listening loop (one thread, one datagram at a time).
+    limiter: std::cell::RefCell<RateLimiter>,
     shared: Arc<Shared>,
+}
+
+/// The running transfers of each client address and port.
+#[derive(Default)]
+struct Clients {
+    by_peer: HashMap<SocketAddr, Vec<(Id, AbortHandle)>>,
+    by_id: HashMap<Id, SocketAddr>,
+}
+
+impl Clients {
+    /// Handles of the transfers running for `peer`.
+    fn running(&self, peer: SocketAddr) -> Vec<AbortHandle> {
+        self.by_peer
+            .get(&peer)
+            .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn insert(&mut self, peer: SocketAddr, id: Id, handle: AbortHandle) {
+        self.by_peer.entry(peer).or_default().push((id, handle));
+        self.by_id.insert(id, peer);
+    }
+
+    fn ended(&mut self, id: Id) {
+        let Some(peer) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(list) = self.by_peer.get_mut(&peer) {
+            list.retain(|(task, _)| *task != id);
+            if list.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -284,18 +326,35 @@ impl Listener {
         peer: SocketAddr,
         local_ip: IpAddr,
         tasks: &mut JoinSet<()>,
-        by_client: &mut HashMap<SocketAddr, (Id, AbortHandle)>,
+        by_client: &mut Clients,
     ) {
         let metrics = &self.shared.metrics;
-        let request = match packet::parse(datagram) {
-            Ok(Packet::Rrq(r)) => owned(false, &r),
-            Ok(Packet::Wrq(r)) => owned(true, &r),
+        let parsed = packet::parse(datagram);
+        match &parsed {
+            Ok(Packet::Rrq(_) | Packet::Wrq(_)) | Err(_) => {}
             Ok(other) => {
                 // DATA/ACK/ERROR belong on a transfer socket; answering them here would only
                 // help reflection attacks.
-                debug!(client = %peer, packet = opcode_name(&other), "tftp: stray packet ignored");
+                debug!(client = %peer, packet = opcode_name(other), "tftp: stray packet ignored");
                 return;
             }
+        }
+        // Everything else gets an answer (a transfer or an ERROR) at its source address, which
+        // may be spoofed: at most so many per source and second.
+        let admitted = self
+            .limiter
+            .borrow_mut()
+            .admit(peer.ip(), std::time::Instant::now());
+        if !admitted {
+            debug!(client = %peer, "tftp: request over the per-source rate, not answered");
+            metrics.record(Ended::RateLimited);
+            return;
+        }
+        let request = match parsed {
+            Ok(Packet::Rrq(r)) => owned(false, &r),
+            Ok(Packet::Wrq(r)) => owned(true, &r),
+            // Sorted out above.
+            Ok(_) => return,
             Err(err) => {
                 warn!(client = %peer, error = %err, "tftp: malformed request");
                 let code = match err {
@@ -308,11 +367,13 @@ impl Listener {
                 return;
             }
         };
-        if let Some((_, old)) = by_client.remove(&peer) {
-            // The client restarted (or retried) from the same port: the old transfer is dead.
-            debug!(client = %peer, "tftp: new request replaces the running transfer");
-            old.abort();
+        // The client restarted (or retried) from the same port, or someone spoofed it: the
+        // running transfers go on until the new one's first packet is acknowledged.
+        let older = by_client.running(peer);
+        if !older.is_empty() {
+            debug!(client = %peer, running = older.len(), "tftp: new request from a port with a transfer running");
         }
+        let supersede = Supersede::new(older);
         if metrics.active_transfers() >= self.shared.config.max_transfers as u64 {
             warn!(client = %peer, "tftp: too many transfers, request refused");
             let reply = packet::encode_error(ErrorCode::NotDefined, "server busy");
@@ -336,7 +397,9 @@ impl Listener {
         let task = async move {
             // Registered with the runtime of the worker that drives the transfer.
             match UdpSocket::from_std(socket) {
-                Ok(socket) => session::serve(shared, socket, peer, request, path_mtu, guard).await,
+                Ok(socket) => {
+                    session::serve(shared, socket, peer, request, path_mtu, supersede, guard).await
+                }
                 Err(err) => {
                     warn!(client = %peer, error = %err, "tftp: cannot register transfer socket");
                     drop(guard);
@@ -344,7 +407,7 @@ impl Listener {
             }
         };
         let handle = tasks.spawn_on(task, worker);
-        by_client.insert(peer, (handle.id(), handle));
+        by_client.insert(peer, handle.id(), handle);
     }
 }
 

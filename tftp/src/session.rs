@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::{debug, info, warn};
 
@@ -14,9 +15,8 @@ use crate::cache::{Cache, Content, ReadAhead, Source};
 use crate::confine::{check_name, open_confined, OpenError};
 use crate::lockstep::{self, data_packet, CancelOnDrop, Stats};
 use crate::metrics::{Ended, TftpMetrics};
-use crate::netascii;
 use crate::options::{blksize_for_mtu, negotiate, Limits};
-use crate::packet::{self, ErrorCode, Mode, Packet, RawOption};
+use crate::packet::{self, ErrorCode, Mode, RawOption};
 use crate::transfer::{Action, Event, Outcome, Params, Transfer};
 use crate::TftpConfig;
 
@@ -65,6 +65,32 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// The transfers of the same client port that a new request replaces. They are ended only
+/// once the new transfer's first packet is acknowledged: a spoofed request (which never sees
+/// that packet) cannot abort a client's running transfer, while a client that really started
+/// over acknowledges at once.
+#[derive(Debug, Default)]
+pub(crate) struct Supersede(Vec<AbortHandle>);
+
+impl Supersede {
+    pub fn new(older: Vec<AbortHandle>) -> Supersede {
+        Supersede(older)
+    }
+
+    /// Ends the older transfers if `transfer` has been acknowledged; called after each event.
+    pub fn check(&mut self, transfer: &Transfer) {
+        if transfer.acknowledged() && !self.0.is_empty() {
+            debug!(
+                replaced = self.0.len(),
+                "tftp: acknowledged new request replaces the old transfer"
+            );
+            for older in self.0.drain(..) {
+                older.abort();
+            }
+        }
+    }
+}
+
 /// Serves one request from `socket`, which is bound to the address the request was sent to
 /// and connected to the client.
 pub(crate) async fn serve(
@@ -73,10 +99,15 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     request: OwnedRequest,
     path_mtu: Option<u32>,
+    supersede: Supersede,
     mut guard: ActiveGuard,
 ) {
-    let name = String::from_utf8_lossy(&request.filename).into_owned();
-    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu).await;
+    // Only for log lines: a client's control characters are escaped there, so that a file
+    // name cannot forge a line of its own (the name that is opened is checked separately).
+    let name = String::from_utf8_lossy(&request.filename)
+        .escape_debug()
+        .to_string();
+    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu, supersede).await;
     guard.ended = Some(ended);
 }
 
@@ -103,6 +134,7 @@ async fn serve_inner(
     name: &str,
     request: OwnedRequest,
     path_mtu: Option<u32>,
+    mut supersede: Supersede,
 ) -> Ended {
     if request.write {
         warn!(client = %peer, path = %name, "tftp: write request refused");
@@ -150,6 +182,7 @@ async fn serve_inner(
     let limits = Limits {
         max_blksize: shared.config.max_blksize.min(path_max),
         max_windowsize: shared.config.max_windowsize,
+        max_timeout: shared.config.max_timeout,
     };
     let negotiated = negotiate(&raw, Some(content.len()), limits);
     let params = Params {
@@ -164,6 +197,7 @@ async fn serve_inner(
     debug!(client = %peer, path = %name, ?params, "tftp: transfer starting");
 
     let started = Instant::now();
+    let deadline = started + shared.config.deadline_for(content.len());
     let size = content.len();
     let streamed_lockstep = params.windowsize == 1 && matches!(content, Content::File { .. });
     let permit = if streamed_lockstep {
@@ -178,18 +212,25 @@ async fn serve_inner(
                 params,
                 oack,
                 timeout,
+                deadline,
+                supersede,
                 metrics: shared.metrics.clone(),
             };
             run_on_thread(socket, job, permit).await
         }
         None => {
             let mut stats = Stats::default();
+            let plan = Plan {
+                params,
+                oack: &oack,
+                timeout,
+                deadline,
+            };
             let outcome = run(
                 socket,
                 &content,
-                params,
-                &oack,
-                timeout,
+                plan,
+                &mut supersede,
                 &shared.metrics,
                 &mut stats,
             )
@@ -205,6 +246,7 @@ async fn serve_inner(
         Ok(Outcome::ClientAbort) => Ended::ClientAbort,
         Ok(Outcome::Timeout) => Ended::Timeout,
         Ok(Outcome::ProtocolError) => Ended::ProtocolError,
+        Ok(Outcome::Deadline) => Ended::Deadline,
         Err(ref err) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: transfer failed");
             send_error(socket, ErrorCode::NotDefined, "read error").await;
@@ -253,9 +295,8 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
             .metrics
             .cache_lookup(source == Source::Hit, shared.cache.bytes());
         if mode == Mode::Netascii {
-            let mut buf = vec![0u8; content.len() as usize];
-            content.read_at(0, &mut buf)?;
-            return Ok(Content::Memory(netascii::encode(&buf).into()));
+            // Converted as it is sent: no copy beside the (possibly shared) content.
+            return Ok(Content::netascii(content)?);
         }
         Ok(content)
     })
@@ -267,7 +308,7 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
 /// dropped (shutdown, or a new request from the client port), the thread is told to stop.
 async fn run_on_thread(
     socket: &UdpSocket,
-    job: lockstep::Job,
+    mut job: lockstep::Job,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> (std::io::Result<Outcome>, Stats) {
     let dup = |s: &UdpSocket| socket2::SockRef::from(s).try_clone();
@@ -280,7 +321,7 @@ async fn run_on_thread(
     let thread = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut stats = Stats::default();
-        let outcome = lockstep::run(&blocking, &job, &mut stats, &flag);
+        let outcome = lockstep::run(&blocking, &mut job, &mut stats, &flag);
         // The descriptor is shared with the async socket: give it back non-blocking.
         let restored = blocking.set_nonblocking(true);
         (outcome.and_then(|o| restored.map(|()| o)), stats)
@@ -296,12 +337,25 @@ async fn run_on_thread(
     })
 }
 
+/// What was negotiated for a transfer, and the instant it must be over by.
+#[derive(Debug, Clone, Copy)]
+struct Plan<'a> {
+    params: Params,
+    oack: &'a [u8],
+    timeout: Duration,
+    deadline: Instant,
+}
+
 async fn run(
     socket: &UdpSocket,
     content: &Content,
-    params: Params,
-    oack: &[u8],
-    timeout: Duration,
+    Plan {
+        params,
+        oack,
+        timeout,
+        deadline,
+    }: Plan<'_>,
+    supersede: &mut Supersede,
     metrics: &TftpMetrics,
     stats: &mut Stats,
 ) -> std::io::Result<Outcome> {
@@ -312,7 +366,11 @@ async fn run(
     // One timer per transfer, re-armed in place: cheaper than a new timer per packet.
     let timer = sleep_until(TokioInstant::now() + timeout);
     tokio::pin!(timer);
+    let deadline = TokioInstant::from_std(deadline);
+    let hard = sleep_until(deadline);
+    tokio::pin!(hard);
     loop {
+        let waited = action == Action::Wait;
         match action {
             Action::SendOack { .. } => {
                 socket.send(oack).await?;
@@ -349,21 +407,29 @@ async fn run(
             }
             Action::Finish(outcome) => return Ok(outcome),
         }
-        let event = tokio::select! {
-            biased;
-            received = socket.recv(&mut inbuf) => match received {
-                Ok(n) => match packet::parse(&inbuf[..n]) {
-                    Ok(Packet::Ack { block }) => Event::Ack(block),
-                    Ok(Packet::Error { .. }) => Event::ClientError,
-                    _ => Event::Unexpected,
+        // The select below prefers a waiting packet over the timers; checked here as well, the
+        // timers fire even while a stream of useless packets (duplicate ACKs) keeps the socket
+        // readable.
+        let now = TokioInstant::now();
+        let event = if now >= deadline {
+            Event::Deadline
+        } else if waited && now >= timer.deadline() {
+            Event::Timeout
+        } else {
+            tokio::select! {
+                biased;
+                received = socket.recv(&mut inbuf) => match received {
+                    Ok(n) => Event::from_datagram(&inbuf[..n]),
+                    // ICMP port unreachable: the client is gone, end at once.
+                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Event::ClientError,
+                    Err(err) => return Err(err),
                 },
-                // ICMP port unreachable: the client is gone, end at once.
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Event::ClientError,
-                Err(err) => return Err(err),
-            },
-            _ = &mut timer => Event::Timeout,
+                _ = &mut timer => Event::Timeout,
+                _ = &mut hard => Event::Deadline,
+            }
         };
         action = transfer.on_event(event);
+        supersede.check(&transfer);
     }
 }
 

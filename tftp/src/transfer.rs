@@ -3,8 +3,17 @@
 //! Blocks are numbered internally from 1 with a `u64` so that files of more than 65535 blocks
 //! work; on the wire the block number is that index modulo 65536 (the common rollover to 0).
 //! The OACK, when one is sent, is "block 0" and is acknowledged by ACK 0.
+//!
+//! Until the client acknowledges something, nothing shows that it sent the request at all (the
+//! source of a UDP request is easily spoofed), so the first packet is sent at most twice
+//! ([`FIRST_PACKET_SENDS`]) and the transfer then ends without an ERROR: a spoofed request
+//! reflects at most two packets at its supposed sender.
 
-use crate::packet::ErrorCode;
+use crate::packet::{self, ErrorCode, Packet};
+
+/// Times the first packet (OACK or the first window) is sent while nothing has been
+/// acknowledged: once, and once again after a timeout.
+pub const FIRST_PACKET_SENDS: u32 = 2;
 
 /// Parameters fixed when the transfer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +24,8 @@ pub struct Params {
     pub windowsize: u16,
     /// Whether an OACK starts the transfer (the client then acknowledges block 0).
     pub oack: bool,
-    /// Retransmissions allowed without progress before the transfer gives up.
+    /// Retransmissions allowed without progress before the transfer gives up (at most
+    /// `FIRST_PACKET_SENDS - 1` while nothing has been acknowledged).
     pub max_retries: u32,
 }
 
@@ -30,6 +40,8 @@ pub enum Outcome {
     Timeout,
     /// The client sent something that is not part of a read transfer.
     ProtocolError,
+    /// The transfer's total time ran out (see `TftpConfig::transfer_deadline`).
+    Deadline,
 }
 
 /// Something that happened to a transfer.
@@ -42,6 +54,19 @@ pub enum Event {
     Timeout,
     /// A packet from the client that has no place in a read transfer.
     Unexpected,
+    /// The transfer's total deadline passed.
+    Deadline,
+}
+
+impl Event {
+    /// What a datagram from the client is to a read transfer (both socket loops use this).
+    pub fn from_datagram(datagram: &[u8]) -> Event {
+        match packet::parse(datagram) {
+            Ok(Packet::Ack { block }) => Event::Ack(block),
+            Ok(Packet::Error { .. }) => Event::ClientError,
+            _ => Event::Unexpected,
+        }
+    }
 }
 
 /// What the socket loop must do next.
@@ -78,6 +103,8 @@ pub struct Transfer {
     /// Highest block index sent so far.
     sent_upto: u64,
     retries: u32,
+    /// Whether the client has acknowledged anything (the OACK or a block).
+    acknowledged: bool,
     outcome: Option<Outcome>,
 }
 
@@ -97,6 +124,7 @@ impl Transfer {
             next_unacked: 0,
             sent_upto: 0,
             retries: 0,
+            acknowledged: false,
             outcome: None,
         };
         let action = if params.oack {
@@ -118,6 +146,12 @@ impl Transfer {
 
     pub fn outcome(&self) -> Option<Outcome> {
         self.outcome
+    }
+
+    /// Whether the client has acknowledged anything yet: the first sign that the request came
+    /// from where it says (a repeated request replaces the old transfer only then).
+    pub fn acknowledged(&self) -> bool {
+        self.acknowledged
     }
 
     /// Byte range of block `index` (1-based) within the content.
@@ -142,14 +176,14 @@ impl Transfer {
             Event::Ack(wire) => self.on_ack(wire),
             Event::ClientError => self.finish(Outcome::ClientAbort),
             Event::Timeout => {
-                self.retries += 1;
-                if self.retries > self.params.max_retries {
-                    self.outcome = Some(Outcome::Timeout);
-                    return Action::Fail {
-                        code: ErrorCode::NotDefined,
-                        message: "timed out",
-                        outcome: Outcome::Timeout,
-                    };
+                self.retries = self.retries.saturating_add(1);
+                let budget = if self.acknowledged {
+                    self.params.max_retries
+                } else {
+                    self.params.max_retries.min(FIRST_PACKET_SENDS - 1)
+                };
+                if self.retries > budget {
+                    return self.give_up(Outcome::Timeout, "timed out");
                 }
                 if self.next_unacked == 0 {
                     Action::SendOack { retransmit: true }
@@ -161,6 +195,7 @@ impl Transfer {
                     }
                 }
             }
+            Event::Deadline => self.give_up(Outcome::Deadline, "transfer deadline exceeded"),
             Event::Unexpected => {
                 self.outcome = Some(Outcome::ProtocolError);
                 Action::Fail {
@@ -181,6 +216,7 @@ impl Transfer {
         if index > self.sent_upto {
             return Action::Wait;
         }
+        self.acknowledged = true;
         if index == self.last_block {
             return self.finish(Outcome::Complete);
         }
@@ -199,6 +235,20 @@ impl Transfer {
             first,
             last,
             retransmit: false,
+        }
+    }
+
+    /// Ends the transfer from our side: with an ERROR to a client that has shown it is there,
+    /// silently otherwise (an ERROR to a spoofed source would be one more reflected packet).
+    fn give_up(&mut self, outcome: Outcome, message: &'static str) -> Action {
+        if !self.acknowledged {
+            return self.finish(outcome);
+        }
+        self.outcome = Some(outcome);
+        Action::Fail {
+            code: ErrorCode::NotDefined,
+            message,
+            outcome,
         }
     }
 
@@ -274,9 +324,10 @@ mod tests {
     #[test]
     fn timeout_retransmits_then_gives_up() {
         let (mut t, _) = Transfer::start(params(100_000, 1024, 4, false));
+        assert_eq!(t.on_event(Event::Ack(4)), blocks(5, 8));
         let resend = Action::SendBlocks {
-            first: 1,
-            last: 4,
+            first: 5,
+            last: 8,
             retransmit: true,
         };
         for _ in 0..3 {
@@ -293,15 +344,64 @@ mod tests {
     }
 
     #[test]
-    fn progress_resets_retries() {
-        let (mut t, _) = Transfer::start(params(100_000, 1024, 1, true));
-        for _ in 0..3 {
+    fn first_packet_is_sent_at_most_twice_before_any_ack() {
+        // Nothing acknowledged means nothing shows the source is real (it may be spoofed):
+        // one retransmission, then a silent end, whatever the retry budget.
+        for oack in [false, true] {
+            let (mut t, first) = Transfer::start(params(100_000, 512, 4, oack));
+            let again = match first {
+                Action::SendOack { .. } => Action::SendOack { retransmit: true },
+                Action::SendBlocks { first, last, .. } => Action::SendBlocks {
+                    first,
+                    last,
+                    retransmit: true,
+                },
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(t.on_event(Event::Timeout), again, "oack={oack}");
             assert_eq!(
                 t.on_event(Event::Timeout),
-                Action::SendOack { retransmit: true }
+                Action::Finish(Outcome::Timeout),
+                "oack={oack}"
             );
+            assert_eq!(t.outcome(), Some(Outcome::Timeout));
         }
+        // Once something was acknowledged, the whole budget applies.
+        let (mut t, _) = Transfer::start(params(100_000, 512, 1, false));
+        assert_eq!(t.on_event(Event::Ack(1)), blocks(2, 2));
+        for _ in 0..3 {
+            assert!(matches!(
+                t.on_event(Event::Timeout),
+                Action::SendBlocks {
+                    retransmit: true,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            t.on_event(Event::Timeout),
+            Action::Fail {
+                outcome: Outcome::Timeout,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn progress_resets_retries() {
+        let (mut t, _) = Transfer::start(params(100_000, 1024, 1, true));
+        assert_eq!(
+            t.on_event(Event::Timeout),
+            Action::SendOack { retransmit: true }
+        );
         assert_eq!(t.on_event(Event::Ack(0)), blocks(1, 1));
+        for _ in 0..3 {
+            assert!(matches!(
+                t.on_event(Event::Timeout),
+                Action::SendBlocks { .. }
+            ));
+        }
+        assert_eq!(t.on_event(Event::Ack(1)), blocks(2, 2));
         for _ in 0..3 {
             assert!(matches!(
                 t.on_event(Event::Timeout),
@@ -320,6 +420,26 @@ mod tests {
         assert_eq!(
             t.on_event(Event::Timeout),
             Action::Finish(Outcome::ClientAbort)
+        );
+    }
+
+    #[test]
+    fn deadline_ends_the_transfer() {
+        let (mut t, _) = Transfer::start(params(100_000, 512, 1, false));
+        assert_eq!(t.on_event(Event::Ack(1)), blocks(2, 2));
+        assert!(matches!(
+            t.on_event(Event::Deadline),
+            Action::Fail {
+                outcome: Outcome::Deadline,
+                ..
+            }
+        ));
+        assert_eq!(t.on_event(Event::Ack(2)), Action::Finish(Outcome::Deadline));
+        // Never acknowledged: ends without an ERROR to a source that may be spoofed.
+        let (mut t, _) = Transfer::start(params(100_000, 512, 1, true));
+        assert_eq!(
+            t.on_event(Event::Deadline),
+            Action::Finish(Outcome::Deadline)
         );
     }
 
@@ -360,6 +480,7 @@ mod tests {
                 1 => Just(Event::ClientError),
                 3 => Just(Event::Timeout),
                 1 => Just(Event::Unexpected),
+                1 => Just(Event::Deadline),
             ]
         }
 
@@ -377,13 +498,30 @@ mod tests {
                 let (mut t, first) = Transfer::start(p);
                 let mut actions = vec![first];
                 let mut timeouts_in_a_row = 0u32;
+                let mut sends_before_any_ack = 1u32;
                 for ev in events {
                     timeouts_in_a_row = if ev == Event::Timeout { timeouts_in_a_row + 1 } else { 0 };
-                    actions.push(t.on_event(ev));
+                    let action = t.on_event(ev);
+                    if !t.acknowledged()
+                        && matches!(action, Action::SendOack { .. } | Action::SendBlocks { .. })
+                    {
+                        sends_before_any_ack += 1;
+                    }
+                    actions.push(action);
                     // A run of timeouts longer than the retry budget always ends the transfer.
                     if timeouts_in_a_row > max_retries {
                         prop_assert!(t.outcome().is_some());
                     }
+                    if ev == Event::Deadline {
+                        prop_assert!(t.outcome().is_some());
+                    }
+                }
+                // Nothing acknowledged: the first packet went out at most twice, and no ERROR.
+                prop_assert!(sends_before_any_ack <= FIRST_PACKET_SENDS);
+                if !t.acknowledged() {
+                    let gave_up_loudly = actions.iter().any(|a| matches!(a, Action::Fail { outcome, .. }
+                        if *outcome == Outcome::Timeout || *outcome == Outcome::Deadline));
+                    prop_assert!(!gave_up_loudly);
                 }
                 for a in actions {
                     if let Action::SendBlocks { first, last, .. } = a {

@@ -285,7 +285,8 @@ async fn escapes_are_refused_with_an_error_and_a_log_line() {
         let logs = logs();
         assert!(
             logs.lines().any(|l| l.contains("refused")
-                && l.contains(&format!("path={name}"))
+                // Names are logged with backslashes and control characters escaped.
+                && l.contains(&format!("path={}", name.escape_debug()))
                 && l.contains("client=127.0.0.1:")),
             "no log line naming the client and {name}:\n{logs}"
         );

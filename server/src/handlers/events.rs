@@ -196,7 +196,7 @@ pub async fn post_event(
         at: crate::events::now(),
         remote: remote.ip().to_string(),
     };
-    tracing::info!(mac = %event.mac, host = ?host, stage = %event.stage, status = %event.status, message = %event.message, "install event");
+    tracing::info!(mac = %event.mac, host = ?host, stage = %event.stage, status = %event.status, message = &*pxeforge_httpd::log_safe(&event.message), "install event");
     let store = st.events.clone();
     let stored = tokio::task::spawn_blocking(move || store.record(&event)).await;
     match stored {

@@ -79,6 +79,17 @@ pub fn rewrite_settings(text: &str, repo_url: &str) -> Result<String> {
             }
         }
     }
+    // The whole simulated fleet is one client address: exempt from the per-client caps, as a
+    // rack behind NAT would be.
+    if let toml::Value::Table(limits) = doc
+        .entry("limits")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    {
+        limits.insert(
+            "exempt".into(),
+            toml::Value::Array(vec!["127.0.0.0/8".into(), "::1".into()]),
+        );
+    }
     toml::to_string(&doc).context("writing pxeforge.toml")
 }
 
