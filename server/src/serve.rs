@@ -195,7 +195,10 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     println!("pxeforge: ready");
     println!("  iPXE bootstrap:  {url}/boot.ipxe   (iPXE: chain {url}/boot.ipxe)");
     println!("  a host's script: {url}/ipxe?mac=MAC");
-    println!("  its kickstart:   {url}/ks/MAC");
+    println!("  arm a host:      pxeforge reinstall NAME   (a new state store adopts every host as installed)");
+    println!(
+        "  its kickstart:   the inst.ks= URL in its install script (it carries the build token)"
+    );
     println!("  hosts + events:  {url}/api/hosts    metrics: {url}/metrics");
     println!("  reload the site: kill -HUP {}", std::process::id());
 
