@@ -191,25 +191,28 @@ impl BuildState {
     }
 
     /// Applies a site load: adoption of an empty store, new hosts, raised generations.
-    /// Returns the transitions made (the caller logs "this arms N hosts").
+    /// `announce` sees the transitions before they are committed (the "this load arms N
+    /// hosts" warning); they are returned once they are.
     pub fn reconcile(
         &self,
         inventory: &[InventoryHost],
         now: i64,
+        announce: impl FnOnce(&[Transition]),
     ) -> Result<Vec<Transition>, StateError> {
         let mut c = self.conn()?;
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let empty: bool = tx
-            .query_row(
-                "SELECT NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(true);
+        let empty: bool = tx.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')",
+            [],
+            |r| r.get(0),
+        )?;
         let known = |h: &str| get_in(&tx, h).ok().flatten();
-        let changes = lifecycle::reconcile(inventory, &known, empty);
-        for (record, t) in &changes {
+        let (records, transitions): (Vec<Record>, Vec<Transition>) =
+            lifecycle::reconcile(inventory, &known, empty)
+                .into_iter()
+                .unzip();
+        announce(&transitions);
+        for (record, t) in records.iter().zip(&transitions) {
             put(&tx, record, now)?;
             log(&tx, t, now)?;
         }
@@ -218,22 +221,34 @@ impl BuildState {
             params![now.to_string()],
         )?;
         tx.commit()?;
-        Ok(changes.into_iter().map(|(_, t)| t).collect())
+        Ok(transitions)
     }
 
-    /// The transitions a reconcile would make, without making them (for the reload's warning).
-    pub fn preview(&self, inventory: &[InventoryHost]) -> Result<Vec<Transition>, StateError> {
-        let c = self.conn()?;
-        let empty: bool = c.query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')",
-            [],
-            |r| r.get(0),
-        )?;
-        let known = |h: &str| get_in(&c, h).ok().flatten();
-        Ok(lifecycle::reconcile(inventory, &known, empty)
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect())
+    /// Decides for `host` from its current record with `decide`, and writes what it changed;
+    /// if another writer changed the record in between, decides again from the new one.
+    /// `None`: the host has no record.
+    pub fn decide<A>(
+        &self,
+        host: &str,
+        now: i64,
+        mut decide: impl FnMut(&Record) -> (A, Option<(Record, Vec<Transition>)>),
+    ) -> Result<Option<A>, StateError> {
+        for _ in 0..16 {
+            let Some(current) = self.get(host)? else {
+                return Ok(None);
+            };
+            let (answer, change) = decide(&current);
+            let Some((record, transitions)) = change else {
+                return Ok(Some(answer));
+            };
+            if self.apply(Some(&current), &record, &transitions, now)? {
+                for t in &transitions {
+                    log_transition(t);
+                }
+                return Ok(Some(answer));
+            }
+        }
+        Err(StateError::Contended(host.to_string()))
     }
 }
 
@@ -335,34 +350,16 @@ impl Store {
         self.0.as_ref().map_err(String::as_str)
     }
 
-    /// Decides for `host` from its current record with `decide`, and writes what it changed;
-    /// if another request changed the record in between, decides again from the new one.
-    /// `None`: the host has no record.
+    /// [`BuildState::decide`] on the store, or its unreadability as an error.
     pub fn decide<A>(
         &self,
         host: &str,
         now: i64,
-        mut decide: impl FnMut(&Record) -> (A, Option<(Record, Vec<Transition>)>),
+        decide: impl FnMut(&Record) -> (A, Option<(Record, Vec<Transition>)>),
     ) -> Result<Option<A>, StateError> {
-        let bs = self
-            .state()
-            .map_err(|why| StateError::Unreadable(why.to_string()))?;
-        for _ in 0..16 {
-            let Some(current) = bs.get(host)? else {
-                return Ok(None);
-            };
-            let (answer, change) = decide(&current);
-            let Some((record, transitions)) = change else {
-                return Ok(Some(answer));
-            };
-            if bs.apply(Some(&current), &record, &transitions, now)? {
-                for t in &transitions {
-                    log_transition(t);
-                }
-                return Ok(Some(answer));
-            }
-        }
-        Err(StateError::Contended(host.to_string()))
+        self.state()
+            .map_err(|why| StateError::Unreadable(why.to_string()))?
+            .decide(host, now, decide)
     }
 }
 
@@ -399,23 +396,18 @@ pub fn reconcile_site(store: &Store, site: &pxeforge_site::Site) {
     let Ok(bs) = store.state() else {
         return;
     };
-    let inv = inventory(site);
-    match bs.preview(&inv) {
-        Ok(p) => {
-            let arms = p.iter().filter(|t| t.to == State::Armed).count();
-            if arms > 0 {
-                let names: Vec<&str> = p
-                    .iter()
-                    .filter(|t| t.to == State::Armed)
-                    .map(|t| t.host.as_str())
-                    .take(20)
-                    .collect();
-                tracing::warn!(hosts = ?names, "this load arms {arms} host(s): they install at their next network boot");
-            }
+    let announce = |ts: &[Transition]| {
+        let armed: Vec<&str> = ts
+            .iter()
+            .filter(|t| t.to == State::Armed)
+            .map(|t| t.host.as_str())
+            .collect();
+        if !armed.is_empty() {
+            let first: Vec<&str> = armed.iter().take(20).copied().collect();
+            tracing::warn!(hosts = ?first, "this load arms {} host(s): they install at their next network boot", armed.len());
         }
-        Err(e) => tracing::error!(error = %e, "build state: cannot preview the load"),
-    }
-    match bs.reconcile(&inv, crate::events::now()) {
+    };
+    match bs.reconcile(&inventory(site), crate::events::now(), announce) {
         Ok(ts) => ts.iter().for_each(log_transition),
         Err(e) => tracing::error!(error = %e, "build state: the load was not applied"),
     }
@@ -452,9 +444,11 @@ mod tests {
         {
             let s = BuildState::open(&p).expect("open");
             assert_eq!(s.synchronous().expect("pragma"), 2, "synchronous=FULL");
-            let t = s.reconcile(&[inv("a")], 1).expect("reconcile");
+            let t = s.reconcile(&[inv("a")], 1, |_| {}).expect("reconcile");
             assert_eq!(t[0].to, State::Installed);
-            let t = s.reconcile(&[inv("a"), inv("b")], 2).expect("reconcile");
+            let t = s
+                .reconcile(&[inv("a"), inv("b")], 2, |_| {})
+                .expect("reconcile");
             assert_eq!(t.len(), 1);
             assert_eq!(t[0].to, State::Armed);
         }
@@ -463,7 +457,7 @@ mod tests {
         assert_eq!(s.get("b").expect("get").expect("b").state, State::Armed);
         assert_eq!(s.history("b", 10).expect("history").len(), 1);
         assert!(s
-            .reconcile(&[inv("a"), inv("b")], 3)
+            .reconcile(&[inv("a"), inv("b")], 3, |_| {})
             .expect("again")
             .is_empty());
     }
@@ -472,8 +466,8 @@ mod tests {
     fn apply_refuses_a_stale_decision() {
         let d = tempfile::tempdir().expect("tempdir");
         let s = BuildState::open(&d.path().join("b.db")).expect("open");
-        s.reconcile(&[], 1).expect("init");
-        s.reconcile(&[inv("a")], 1).expect("arm");
+        s.reconcile(&[], 1, |_| {}).expect("init");
+        s.reconcile(&[inv("a")], 1, |_| {}).expect("arm");
         let r = s.get("a").expect("get").expect("a");
         let mut next = r.clone();
         next.token = Some(new_token());

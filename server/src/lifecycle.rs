@@ -205,17 +205,22 @@ pub fn on_script(
     (script, changed)
 }
 
-fn fail(rec: &mut Record, cause: &str, source: &str) -> Transition {
+/// Moves `rec` to `to` and says so: the one place a transition is made.
+fn move_to(rec: &mut Record, to: State, cause: &str, source: &str) -> Transition {
     let from = rec.state;
-    rec.state = State::Failed;
-    rec.token = None;
+    rec.state = to;
     Transition {
         host: rec.host.clone(),
         from: Some(from),
-        to: State::Failed,
+        to,
         cause: cause.into(),
         source: source.into(),
     }
+}
+
+fn fail(rec: &mut Record, cause: &str, source: &str) -> Transition {
+    rec.token = None;
+    move_to(rec, State::Failed, cause, source)
 }
 
 fn arm(
@@ -225,18 +230,10 @@ fn arm(
     source: &str,
     fresh_token: &mut dyn FnMut() -> String,
 ) -> Transition {
-    let from = rec.state;
-    rec.state = State::Armed;
     rec.token = Some(fresh_token());
     rec.token_at = now;
     rec.bound = None;
-    Transition {
-        host: rec.host.clone(),
-        from: Some(from),
-        to: State::Armed,
-        cause: cause.into(),
-        source: source.into(),
-    }
+    move_to(rec, State::Armed, cause, source)
 }
 
 /// The answer to a kickstart fetch.
@@ -275,15 +272,8 @@ pub fn on_kickstart(
     }
     match (&r.state, &r.bound) {
         (State::Armed, _) => {
-            rec.state = State::Installing;
             rec.bound = Some(addr.to_string());
-            let t = Transition {
-                host: r.host.clone(),
-                from: Some(State::Armed),
-                to: State::Installing,
-                cause: "kickstart fetched".into(),
-                source: addr.into(),
-            };
+            let t = move_to(&mut rec, State::Installing, "kickstart fetched", addr);
             (Kickstart::Serve, Some((rec, t)))
         }
         (State::Installing, Some(b)) if b == addr => (Kickstart::Serve, None),
@@ -319,15 +309,13 @@ pub fn on_event(
     let mut changes = Vec::new();
     match status {
         "finished" => {
-            rec.state = State::Installed;
             rec.token = None;
-            changes.push(Transition {
-                host: r.host.clone(),
-                from: Some(r.state),
-                to: State::Installed,
-                cause: "finished event".into(),
-                source: source.into(),
-            });
+            changes.push(move_to(
+                &mut rec,
+                State::Installed,
+                "finished event",
+                source,
+            ));
         }
         "failed" => {
             changes.push(fail(&mut rec, "failed event", source));
@@ -349,16 +337,9 @@ pub fn on_event(
 /// `pxeforge reinstall`: arm the host again (a new token is made at its next script request).
 pub fn rearm(r: &Record, source: &str) -> (Record, Transition) {
     let mut rec = r.clone();
-    rec.state = State::Armed;
     rec.token = None;
     rec.bound = None;
-    let t = Transition {
-        host: r.host.clone(),
-        from: Some(r.state),
-        to: State::Armed,
-        cause: "pxeforge reinstall".into(),
-        source: source.into(),
-    };
+    let t = move_to(&mut rec, State::Armed, "pxeforge reinstall", source);
     (rec, t)
 }
 

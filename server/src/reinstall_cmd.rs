@@ -82,26 +82,22 @@ pub fn reinstall(args: &ReinstallArgs) -> Result<()> {
     let store = BuildState::open(&cat.config.state.join("buildstate.db"))?;
     let now = crate::events::now();
     // A first start adopts the fleet as installed before anything is armed on purpose.
-    store.reconcile(&buildstate::inventory(site), now)?;
+    store.reconcile(&buildstate::inventory(site), now, |_| {})?;
     // Who asked, as far as the environment says (sudo keeps the operator's name).
     let who = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown user".into());
     let source = format!("pxeforge reinstall by {who}");
     for name in &names {
-        loop {
-            let Some(current) = store.get(name)? else {
-                bail!("host {name} has no build-state record");
-            };
-            let (next, t) = lifecycle::rearm(&current, &source);
-            if store.apply(Some(&current), &next, std::slice::from_ref(&t), now)? {
-                buildstate::log_transition(&t);
-                let from = current.state.as_str();
-                let to = State::Armed.as_str();
-                println!("{name}: {from} -> {to}: installs at its next network boot");
-                break;
-            }
-        }
+        let from = store.decide(name, now, |r| {
+            let (next, t) = lifecycle::rearm(r, &source);
+            (r.state, Some((next, vec![t])))
+        })?;
+        let Some(from) = from else {
+            bail!("host {name} has no build-state record");
+        };
+        let (from, to) = (from.as_str(), State::Armed.as_str());
+        println!("{name}: {from} -> {to}: installs at its next network boot");
     }
     Ok(())
 }

@@ -118,8 +118,8 @@ async fn build_script(
     let build = st.build.clone();
     let decided = tokio::task::spawn_blocking(move || {
         let source = remote.ip().to_string();
-        build.decide(&name, crate::events::now(), |r| {
-            let now = crate::events::now();
+        let now = crate::events::now();
+        build.decide(&name, now, |r| {
             let (script, mut change) =
                 lifecycle::on_script(r, now, &policy, &source, &mut new_token);
             // The record keeps the MAC and platform the host booted with, for its kickstart.
@@ -305,10 +305,10 @@ async fn host_kickstart(
     let addr = remote.ip().to_string();
     let decided = tokio::task::spawn_blocking(move || {
         let mut record = None;
-        let answer = build.decide(&hname, crate::events::now(), |r| {
+        let now = crate::events::now();
+        let answer = build.decide(&hname, now, |r| {
             record = Some(r.clone());
-            let (k, change) =
-                lifecycle::on_kickstart(r, &token_owned, &addr, crate::events::now(), &policy);
+            let (k, change) = lifecycle::on_kickstart(r, &token_owned, &addr, now, &policy);
             (k, change.map(|(rec, t)| (rec, vec![t])))
         });
         (answer, record)
