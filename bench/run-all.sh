@@ -4,7 +4,7 @@
 # Root is needed for the DHCP benchmark and for the DHCP stage of the fleet simulation.
 set -uo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
-if [ $# -gt 0 ]; then names=("$@"); else names=(http tftp dhcp imagebuild reload fleet); fi
+if [ $# -gt 0 ]; then names=("$@"); else names=(http tftp dhcp imagebuild reload fleet abuse); fi
 declare -a summary
 for name in "${names[@]}"; do
     script=$BENCH/$name/run.sh

@@ -9,6 +9,7 @@ PKGS=(
   dnsmasq tftpd-hpa tftp-hpa atftp nginx kea-admin kea-dhcp4-server
   squashfs-tools e2fsprogs mtools dosfstools gdisk cpio wrk curl iproute2
   isc-dhcp-client tcpdump sqlite3 zstd
+  mmdebstrap attr libcap2-bin strace openssl systemd
 )
 missing=()
 for p in "${PKGS[@]}"; do

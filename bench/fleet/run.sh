@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Whole-fleet boot simulation: `pxeforge fleet-sim` (N hosts, armed with `pxeforge reinstall
-# --all`, through DHCP, TFTP, both iPXE scripts, kernel + initrd, kickstart and events with their
+# Whole-fleet boot simulation: `pxeforge fleet-sim` (N hosts, armed through the admin API,
+# through DHCP, TFTP, both iPXE scripts, kernel + initrd, kickstart and events with their
 # build tokens against a real `pxeforge serve` on loopback; add `--reboot` for a second boot each),
 # under a system-wide perf profile when perf is available, so that the report can say what
 # limits it. Writes bench/fleet/latest-run.md (raw report + profile summary); RESULTS.md

@@ -16,7 +16,8 @@ use pxeforge_dhcp::{DhcpConfig, DhcpServer, DhcpSite, Mode, Pool};
 fn usage() -> ! {
     eprintln!(
         "usage: dhcpd --mode off|proxy|reservation [--interface IF] [--lease-db PATH] \
-         [--pool START-END/PREFIX] [--router IP] [--http-port N] [--port N] [--pxe-port N]"
+         [--pool START-END/PREFIX]... [--router IP] [--http-port N] [--port N] [--pxe-port N] \
+         [--ping-check on|off]"
     );
     std::process::exit(2)
 }
@@ -54,7 +55,16 @@ async fn main() {
             "--mode" => config.mode = value.parse().unwrap_or_else(|_| usage()),
             "--interface" => config.interface = Some(value),
             "--lease-db" => config.lease_db = PathBuf::from(value),
-            "--pool" => site.pool = Some(parse_pool(&value).unwrap_or_else(|| usage())),
+            "--pool" => site
+                .pools
+                .push(parse_pool(&value).unwrap_or_else(|| usage())),
+            "--ping-check" => {
+                site.ping_check = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => usage(),
+                }
+            }
             "--router" => router = Some(value.parse().unwrap_or_else(|_| usage())),
             "--http-port" => site.http_port = value.parse().unwrap_or_else(|_| usage()),
             "--port" => config.port = value.parse().unwrap_or_else(|_| usage()),
@@ -62,7 +72,7 @@ async fn main() {
             _ => usage(),
         }
     }
-    if let Some(pool) = site.pool.as_mut() {
+    for pool in &mut site.pools {
         pool.router = router;
     }
     let mode = config.mode;

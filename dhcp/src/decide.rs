@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::encode::Reply;
 use crate::facts::{ClientFacts, Firmware, MessageType, VendorClass};
 use crate::pxe;
-use crate::site::{DhcpSite, HostEntry};
+use crate::site::{DhcpSite, HostEntry, Pool};
 use crate::wire::opt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,29 +63,41 @@ pub struct Input<'a> {
 }
 
 /// What the lease database must do before the decision (reservation mode, pool clients only).
+/// `pool` is the index in `DhcpSite::pools` of the pool of the request's subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseOp {
     None,
     /// Find (or keep) an address for this client and hold it briefly.
     Offer {
+        pool: usize,
         requested: Option<Ipv4Addr>,
     },
     /// Bind the address the client asks for, if it may have it.
-    Commit(Ipv4Addr),
+    Commit {
+        pool: usize,
+        ip: Ipv4Addr,
+        kind: RequestKind,
+    },
     Release(Ipv4Addr),
     Decline(Ipv4Addr),
     /// The client chose another server: drop what we offered.
     Forget,
 }
 
+pub use crate::leases::RequestKind;
+
 /// What the lease database answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseOutcome {
     NotApplicable,
     Offered(Ipv4Addr),
+    /// A new address is being probed (ICMP echo) before it is offered.
+    Probing,
     Bound(Ipv4Addr),
-    /// The client may not have the address it asked for.
+    /// The client may not have the address it asked for: NAK.
     Refused,
+    /// A REQUEST from a client we have no record of: silence (RFC 2131 §4.3.2).
+    Unknown,
     Exhausted,
 }
 
@@ -102,6 +114,10 @@ pub enum Silence {
     Released,
     Declined,
     Ignored,
+    /// A REQUEST for an address this server never gave the client.
+    Unsolicited,
+    /// The address chosen for the client is being probed; the offer follows the probe.
+    Probing,
 }
 
 impl Silence {
@@ -117,6 +133,8 @@ impl Silence {
             Silence::Released => "released",
             Silence::Declined => "declined",
             Silence::Ignored => "ignored",
+            Silence::Unsolicited => "unsolicited",
+            Silence::Probing => "probing",
         }
     }
 }
@@ -200,24 +218,55 @@ pub fn boot_choice(f: &ClientFacts, site: &DhcpSite, server_ip: Ipv4Addr) -> Boo
     }
 }
 
+/// The address of the link the client is on: the relay's (`giaddr`), else ours on the
+/// receiving interface. Its subnet picks the pool (RFC 2131 §4.3.1).
+pub fn link_address(input: &Input<'_>) -> Ipv4Addr {
+    if input.facts.relayed() {
+        input.facts.giaddr
+    } else {
+        input.server_ip
+    }
+}
+
 /// What the lease database has to do for this request; `Input` and the site decide it alone.
 pub fn lease_op(input: &Input<'_>, site: &DhcpSite, mode: Mode) -> LeaseOp {
     let f = input.facts;
-    if mode != Mode::Reservation || input.port != Port::Dhcp || site.pool.is_none() {
+    if mode != Mode::Reservation || input.port != Port::Dhcp {
         return LeaseOp::None;
     }
+    let Some((pool, _)) = site.pool_for(link_address(input)) else {
+        return LeaseOp::None;
+    };
     if site.hosts.get(&f.mac).is_some_and(|h| h.address.is_some()) {
         return LeaseOp::None;
     }
     match f.msg_type {
         MessageType::Discover => LeaseOp::Offer {
+            pool,
             requested: f.requested_ip,
         },
         MessageType::Request => match f.server_id {
             Some(id) if id != input.server_ip => LeaseOp::Forget,
-            _ => match requested_address(f) {
-                Some(ip) => LeaseOp::Commit(ip),
+            Some(_) => match f.requested_ip {
+                Some(ip) => LeaseOp::Commit {
+                    pool,
+                    ip,
+                    kind: RequestKind::Selecting,
+                },
                 None => LeaseOp::None,
+            },
+            None => match (f.requested_ip, f.ciaddr.is_unspecified()) {
+                (Some(ip), true) => LeaseOp::Commit {
+                    pool,
+                    ip,
+                    kind: RequestKind::InitReboot,
+                },
+                (_, false) => LeaseOp::Commit {
+                    pool,
+                    ip: f.ciaddr,
+                    kind: RequestKind::Renewing,
+                },
+                (None, true) => LeaseOp::None,
             },
         },
         MessageType::Release if !f.ciaddr.is_unspecified() => LeaseOp::Release(f.ciaddr),
@@ -272,7 +321,9 @@ fn decide_reservation(input: &Input<'_>, site: &DhcpSite, lease: LeaseOutcome) -
     }
     let host = site.hosts.get(&f.mac);
     let static_ip = host.and_then(|h| h.address);
-    if static_ip.is_none() && site.pool.is_none() {
+    let pool = site.pool_for(link_address(input)).map(|(_, p)| p);
+    if static_ip.is_none() && pool.is_none() {
+        // No pool on this client's subnet: never one of another subnet's addresses.
         return Action::NoResponse(Silence::UnknownHost);
     }
     if f.msg_type == MessageType::Request && f.server_id.is_some_and(|id| id != input.server_ip) {
@@ -284,6 +335,7 @@ fn decide_reservation(input: &Input<'_>, site: &DhcpSite, lease: LeaseOutcome) -
         MessageType::Discover => match (static_ip, lease) {
             (Some(ip), _) | (None, LeaseOutcome::Offered(ip)) => (MessageType::Offer, Some(ip)),
             (None, LeaseOutcome::Exhausted) => return Action::NoResponse(Silence::PoolExhausted),
+            (None, LeaseOutcome::Probing) => return Action::NoResponse(Silence::Probing),
             _ => return Action::NoResponse(Silence::Ignored),
         },
         MessageType::Request => match (static_ip, lease) {
@@ -292,6 +344,7 @@ fn decide_reservation(input: &Input<'_>, site: &DhcpSite, lease: LeaseOutcome) -
             (Some(_), _) | (None, LeaseOutcome::Refused) => {
                 return respond_nak(input, "address not available for this client");
             }
+            (None, LeaseOutcome::Unknown) => return Action::NoResponse(Silence::Unsolicited),
             _ => return Action::NoResponse(Silence::Ignored),
         },
         MessageType::Inform => (MessageType::Ack, None),
@@ -301,7 +354,7 @@ fn decide_reservation(input: &Input<'_>, site: &DhcpSite, lease: LeaseOutcome) -
     };
 
     let mut reply = base_reply(f, msg, input.server_ip);
-    let net = network_for(host, site);
+    let net = network_for(host, pool);
     if let Some(ip) = address {
         reply.yiaddr = ip;
         let lease_secs = site.lease_time_secs;
@@ -353,7 +406,7 @@ struct Network<'a> {
     name: Option<&'a str>,
 }
 
-fn network_for<'a>(host: Option<&'a HostEntry>, site: &'a DhcpSite) -> Option<Network<'a>> {
+fn network_for<'a>(host: Option<&'a HostEntry>, pool: Option<&'a Pool>) -> Option<Network<'a>> {
     match host {
         Some(h) if h.address.is_some() => Some(Network {
             prefix: h.prefix,
@@ -362,7 +415,7 @@ fn network_for<'a>(host: Option<&'a HostEntry>, site: &'a DhcpSite) -> Option<Ne
             domain: h.domain.as_deref(),
             name: Some(&h.name),
         }),
-        _ => site.pool.as_ref().map(|p| Network {
+        _ => pool.map(|p| Network {
             prefix: p.prefix,
             gateway: p.router,
             dns: &p.dns,

@@ -7,12 +7,16 @@ pub mod encode;
 pub mod facts;
 pub mod leases;
 pub mod metrics;
+pub mod probe;
 pub mod pxe;
 pub mod server;
 pub mod site;
+pub mod watch;
 pub mod wire;
 
-pub use decide::{Action, Destination, Input, LeaseOp, LeaseOutcome, Mode, Port, Silence};
+pub use decide::{
+    Action, Destination, Input, LeaseOp, LeaseOutcome, Mode, Port, RequestKind, Silence,
+};
 pub use facts::{ClientFacts, Firmware, MessageType};
 pub use metrics::DhcpMetrics;
 pub use server::{DhcpConfig, DhcpError, DhcpServer};

@@ -15,6 +15,19 @@ pub struct DhcpMetrics {
     pub replies_sent: AtomicU64,
     pub send_errors: AtomicU64,
     pub lease_errors: AtomicU64,
+    /// The lease store was found corrupt at start and moved aside (0 or 1).
+    pub lease_store_moved_aside: AtomicU64,
+    /// REQUESTs for an address we never gave the client, answered with a NAK.
+    pub unsolicited_nak: AtomicU64,
+    /// The same, from clients we have no record of: left unanswered.
+    pub unsolicited_ignored: AtomicU64,
+    pub ping_probes: AtomicU64,
+    /// Probes answered: the address was in use and stays out of the pool.
+    pub ping_conflicts: AtomicU64,
+    /// BOOTREPLYs from a DHCP server not in `dhcp.peers`.
+    pub foreign_server_replies: AtomicU64,
+    /// BOOTREPLYs from the servers in `dhcp.peers`.
+    pub peer_server_replies: AtomicU64,
     decisions: Mutex<BTreeMap<DecisionKey, u64>>,
 }
 
@@ -71,10 +84,48 @@ impl DhcpMetrics {
                 "lease database errors",
                 &self.lease_errors,
             ),
+            (
+                "pxeforge_dhcp_lease_store_moved_aside_total",
+                "lease stores found corrupt at start and moved aside as leases.db.corrupt-TIMESTAMP",
+                &self.lease_store_moved_aside,
+            ),
+            (
+                "pxeforge_dhcp_ping_probes_total",
+                "ICMP echo probes of an address before offering it",
+                &self.ping_probes,
+            ),
+            (
+                "pxeforge_dhcp_ping_conflicts_total",
+                "probed addresses that answered, kept out of the pool",
+                &self.ping_conflicts,
+            ),
+            (
+                "pxeforge_dhcp_foreign_server_replies_total",
+                "DHCP replies seen from servers not listed in dhcp.peers",
+                &self.foreign_server_replies,
+            ),
+            (
+                "pxeforge_dhcp_peer_server_replies_total",
+                "DHCP replies seen from the servers in dhcp.peers",
+                &self.peer_server_replies,
+            ),
         ];
         for (name, help, value) in counters {
             w.counter(name, help, value.load(Ordering::Relaxed));
         }
+        let mut unsolicited = w.family(
+            "pxeforge_dhcp_unsolicited_requests_total",
+            Kind::Counter,
+            "REQUESTs for an address this server did not offer and the client does not hold",
+        );
+        unsolicited.sample(
+            &[("answer", &"nak")],
+            self.unsolicited_nak.load(Ordering::Relaxed),
+        );
+        unsolicited.sample(
+            &[("answer", &"ignored")],
+            self.unsolicited_ignored.load(Ordering::Relaxed),
+        );
         let mut decisions = w.family(
             "pxeforge_dhcp_decisions_total",
             Kind::Counter,

@@ -6,8 +6,9 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use nix::sys::socket::{
@@ -22,10 +23,17 @@ use tracing::{debug, info, warn};
 use crate::decide::{Action, Destination, LeaseOp, LeaseOutcome, Mode, Port};
 use crate::encode::encode;
 use crate::facts::ClientFacts;
-use crate::leases::{LeaseDb, LeaseError};
+use crate::leases::{CommitOutcome, LeaseDb, LeaseError, OfferOutcome};
 use crate::metrics::DhcpMetrics;
+use crate::probe::Prober;
 use crate::site::DhcpSite;
+use crate::watch::Watcher;
 use crate::wire;
+
+/// Addresses tried for one DISCOVER when probes keep finding them in use.
+const MAX_PROBES_PER_DISCOVER: u32 = 3;
+/// Other DHCP servers remembered for rate-limiting their warning (one line per server a minute).
+const MAX_WARNED_SERVERS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
@@ -66,6 +74,11 @@ pub enum DhcpError {
         interface: Option<String>,
         source: io::Error,
     },
+    #[error(
+        "reservation mode needs dhcp.interface (--dhcp-interface): a DHCP server that hands out \
+         addresses must not answer on every interface"
+    )]
+    NoInterface,
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error("DHCP socket: {0}")]
@@ -84,11 +97,14 @@ struct Shared {
     site: Arc<ArcSwap<DhcpSite>>,
     metrics: Arc<DhcpMetrics>,
     leases: Option<Mutex<LeaseDb>>,
+    /// None: probing is off, or the ICMP socket could not be opened (warned at start).
+    prober: Option<Arc<Prober>>,
 }
 
 pub struct DhcpServer {
     sockets: Vec<(Port, UdpSocket)>,
     shared: Arc<Shared>,
+    watcher: Option<Watcher>,
 }
 
 fn bind_socket(config: &DhcpConfig, port: u16) -> Result<UdpSocket, DhcpError> {
@@ -120,11 +136,23 @@ impl DhcpServer {
         config: DhcpConfig,
         site: Arc<ArcSwap<DhcpSite>>,
     ) -> Result<DhcpServer, DhcpError> {
+        let interface = config.interface.as_deref().filter(|n| !n.is_empty());
+        match (config.mode, interface) {
+            (Mode::Reservation, None) => return Err(DhcpError::NoInterface),
+            (Mode::Proxy, None) => warn!(
+                "dhcp: proxy mode on every interface: name one with dhcp.interface \
+                 (--dhcp-interface) to keep boot offers off other networks"
+            ),
+            _ => {}
+        }
+        let mut moved_aside = false;
         let leases = if config.mode == Mode::Reservation {
             if let Some(dir) = config.lease_db.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            Some(Mutex::new(LeaseDb::open(&config.lease_db)?))
+            let db = LeaseDb::open(&config.lease_db)?;
+            moved_aside = db.moved_aside().is_some();
+            Some(Mutex::new(db))
         } else {
             None
         };
@@ -135,15 +163,50 @@ impl DhcpServer {
                 sockets.push((Port::Pxe, bind_socket(&config, config.pxe_port)?));
             }
         }
+        let prober = if config.mode == Mode::Reservation {
+            match Prober::start() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    if site.load().ping_check {
+                        warn!(error = %e, "dhcp: no ICMP socket: addresses are offered without a conflict probe (dhcp.ping_check)");
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let watcher = if config.mode == Mode::Off {
+            None
+        } else {
+            let ifindex = match interface {
+                Some(name) => nix::net::if_::if_nametoindex(name).unwrap_or(0),
+                None => 0,
+            };
+            match Watcher::open(ifindex) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!(error = %e, "dhcp: cannot watch the segment for other DHCP servers (needs CAP_NET_RAW)");
+                    None
+                }
+            }
+        };
         Ok(DhcpServer {
             sockets,
             shared: Arc::new(Shared {
                 mode: config.mode,
                 client_port: config.client_port,
                 site,
-                metrics: Arc::new(DhcpMetrics::default()),
+                metrics: {
+                    let m = DhcpMetrics::default();
+                    m.lease_store_moved_aside
+                        .store(u64::from(moved_aside), Ordering::Relaxed);
+                    Arc::new(m)
+                },
                 leases,
+                prober,
             }),
+            watcher,
         })
     }
 
@@ -162,7 +225,11 @@ impl DhcpServer {
         let mut tasks = tokio::task::JoinSet::new();
         for (port, socket) in self.sockets {
             let shared = self.shared.clone();
-            tasks.spawn(async move { serve_socket(port, socket, shared).await });
+            tasks.spawn(async move { serve_socket(port, Arc::new(socket), shared).await });
+        }
+        if let Some(watcher) = self.watcher {
+            let shared = self.shared.clone();
+            tasks.spawn(async move { watch_servers(watcher, shared).await });
         }
         tokio::select! {
             _ = shutdown => {
@@ -248,7 +315,11 @@ fn interface_address(ifindex: i32) -> Option<Ipv4Addr> {
     })
 }
 
-async fn serve_socket(port: Port, socket: UdpSocket, shared: Arc<Shared>) -> Result<(), DhcpError> {
+async fn serve_socket(
+    port: Port,
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+) -> Result<(), DhcpError> {
     let fd = socket.as_raw_fd();
     let mut buf = vec![0u8; wire::MAX_PACKET_LEN + 1];
     loop {
@@ -262,35 +333,115 @@ async fn serve_socket(port: Port, socket: UdpSocket, shared: Arc<Shared>) -> Res
                 continue;
             }
         };
-        shared
-            .metrics
-            .received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some((data, dest, ifindex, server_ip)) = handle(&shared, port, &buf[..rx.len], &rx)
-        else {
-            continue;
-        };
-        let sent = socket
-            .async_io(Interest::WRITABLE, || {
-                send_with_pktinfo(fd, &data, dest, ifindex, server_ip)
-            })
-            .await;
-        match sent {
-            Ok(_) => {
-                shared
-                    .metrics
-                    .replies_sent
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => {
-                shared
-                    .metrics
-                    .send_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(error = %e, %dest, "dhcp: sending reply failed");
+        shared.metrics.received.fetch_add(1, Ordering::Relaxed);
+        match handle(&shared, port, &buf[..rx.len], &rx) {
+            Handled::Silent => {}
+            Handled::Reply(out) => send_reply(&socket, &shared, out).await,
+            Handled::Probe(probe) => {
+                let data = buf[..rx.len].to_vec();
+                let (socket, shared) = (socket.clone(), shared.clone());
+                // Off the packet path: the offer is sent when the probe is done.
+                tokio::spawn(async move {
+                    probe_then_offer(socket, shared, port, data, rx, probe).await
+                });
             }
         }
     }
+}
+
+struct Outgoing {
+    data: Vec<u8>,
+    dest: SocketAddrV4,
+    ifindex: i32,
+    source: Ipv4Addr,
+}
+
+struct ProbeNeeded {
+    mac: crate::Mac,
+    ip: Ipv4Addr,
+}
+
+enum Handled {
+    Silent,
+    Reply(Outgoing),
+    /// A new address must be probed before the client is offered it.
+    Probe(ProbeNeeded),
+}
+
+async fn send_reply(socket: &UdpSocket, shared: &Shared, out: Outgoing) {
+    let fd = socket.as_raw_fd();
+    let sent = socket
+        .async_io(Interest::WRITABLE, || {
+            send_with_pktinfo(fd, &out.data, out.dest, out.ifindex, out.source)
+        })
+        .await;
+    match sent {
+        Ok(_) => {
+            shared.metrics.replies_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, dest = %out.dest, "dhcp: sending reply failed");
+        }
+    }
+}
+
+/// Probes the address chosen for a DISCOVER, records the result, and handles the DISCOVER again:
+/// now it finds an offer to send, or (after a conflict) picks and probes another address.
+async fn probe_then_offer(
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    port: Port,
+    data: Vec<u8>,
+    rx: Received,
+    mut probe: ProbeNeeded,
+) {
+    let Some(prober) = shared.prober.clone() else {
+        return;
+    };
+    for _ in 0..MAX_PROBES_PER_DISCOVER {
+        let site = shared.site.load_full();
+        let timeout = Duration::from_millis(u64::from(site.ping_timeout_ms));
+        shared.metrics.ping_probes.fetch_add(1, Ordering::Relaxed);
+        let answered = match prober.probe(probe.ip, timeout).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Unprobed is what we would do without a prober: offer it.
+                debug!(ip = %probe.ip, error = %e, "dhcp: probe not sent");
+                false
+            }
+        };
+        let recorded = shared
+            .leases
+            .as_ref()
+            .and_then(|db| db.lock().ok())
+            .map(|mut db| {
+                if answered {
+                    db.conflict(probe.mac, probe.ip, &site, now_secs())
+                        .map(|_| true)
+                } else {
+                    db.probed(probe.mac, probe.ip, &site, now_secs())
+                }
+            });
+        if let Some(Err(e)) = recorded {
+            shared.metrics.lease_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "dhcp: lease database");
+            return;
+        }
+        if answered {
+            shared
+                .metrics
+                .ping_conflicts
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(ip = %probe.ip, mac = %probe.mac, "dhcp: address answers ping but is not leased; kept out of the pool for 10 minutes");
+        }
+        match handle(&shared, port, &data, &rx) {
+            Handled::Silent => return,
+            Handled::Reply(out) => return send_reply(&socket, &shared, out).await,
+            Handled::Probe(next) => probe = next,
+        }
+    }
+    warn!(mac = %probe.mac, "dhcp: every address probed for this DISCOVER was in use; no offer");
 }
 
 fn now_secs() -> i64 {
@@ -300,13 +451,8 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// One datagram in, at most one datagram out.
-fn handle(
-    shared: &Shared,
-    port: Port,
-    data: &[u8],
-    rx: &Received,
-) -> Option<(Vec<u8>, SocketAddrV4, i32, Ipv4Addr)> {
+/// One datagram in, at most one datagram out (or a probe that must come first).
+fn handle(shared: &Shared, port: Port, data: &[u8], rx: &Received) -> Handled {
     let metrics = &shared.metrics;
     let server_ip = if rx.local.is_unspecified() {
         interface_address(rx.ifindex).unwrap_or(Ipv4Addr::UNSPECIFIED)
@@ -318,9 +464,10 @@ fn handle(
             ifindex = rx.ifindex,
             "dhcp: no IPv4 address on the receiving interface; not answering"
         );
-        return None;
+        return Handled::Silent;
     }
     let site = shared.site.load();
+    let probe = std::cell::Cell::new(None);
     let processed = crate::process(
         data,
         port,
@@ -328,18 +475,24 @@ fn handle(
         server_ip,
         &site,
         shared.mode,
-        |f, op| apply_lease_op(shared, f, op, &site),
+        |f, op| apply_lease_op(shared, f, op, &site, &probe),
     );
     let (facts, action) = match processed {
         Ok(done) => done,
         Err(why) => {
-            metrics
-                .malformed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if wire::decode(data).is_ok_and(|p| p.op == wire::BOOTREPLY) {
+                // Another server's reply to a relay: seen here, reported by the watcher.
+                debug!(source = %rx.source, "dhcp: BOOTREPLY on the server port");
+                return Handled::Silent;
+            }
+            metrics.malformed.fetch_add(1, Ordering::Relaxed);
             debug!(source = %rx.source, len = data.len(), %why, "dhcp: dropped malformed packet");
-            return None;
+            return Handled::Silent;
         }
     };
+    if let Some(ip) = probe.get() {
+        return Handled::Probe(ProbeNeeded { mac: facts.mac, ip });
+    }
     let firmware = facts.firmware.label();
     let msg = facts.msg_type.name();
     match action {
@@ -350,7 +503,7 @@ fn handle(
                 firmware = %facts.firmware, ipxe = facts.ipxe, server = %server_ip,
                 outcome = why.label(), "dhcp: no reply"
             );
-            None
+            Handled::Silent
         }
         Action::Respond(resp) => {
             let outcome = resp.reply.msg_type.name();
@@ -367,7 +520,12 @@ fn handle(
                 }
                 Destination::Unicast(a) => a,
             };
-            Some((encode(&resp.reply), dest, rx.ifindex, server_ip))
+            Handled::Reply(Outgoing {
+                data: encode(&resp.reply),
+                dest,
+                ifindex: rx.ifindex,
+                source: server_ip,
+            })
         }
     }
 }
@@ -377,6 +535,7 @@ fn apply_lease_op(
     facts: &ClientFacts,
     op: LeaseOp,
     site: &DhcpSite,
+    probe: &std::cell::Cell<Option<Ipv4Addr>>,
 ) -> LeaseOutcome {
     if op == LeaseOp::None {
         return LeaseOutcome::NotApplicable;
@@ -389,34 +548,134 @@ fn apply_lease_op(
     };
     let now = now_secs();
     let mac = facts.mac;
+    let metrics = &shared.metrics;
     let result = match op {
         LeaseOp::None => Ok(LeaseOutcome::NotApplicable),
-        LeaseOp::Offer { requested } => db.offer(mac, requested, site, now).map(|ip| match ip {
-            Some(ip) => LeaseOutcome::Offered(ip),
-            None => LeaseOutcome::Exhausted,
-        }),
-        LeaseOp::Commit(ip) => db.commit(mac, ip, site, now).map(|ok| {
-            if ok {
-                LeaseOutcome::Bound(ip)
-            } else {
-                LeaseOutcome::Refused
-            }
-        }),
-        LeaseOp::Release(ip) => db.release(mac, ip).map(|_| LeaseOutcome::NotApplicable),
+        LeaseOp::Offer { pool, requested } => {
+            let Some(pool) = site.pools.get(pool) else {
+                return LeaseOutcome::NotApplicable;
+            };
+            let ping = site.ping_check && shared.prober.is_some();
+            db.offer(mac, requested, pool, site, now, ping)
+                .map(|o| match o {
+                    OfferOutcome::Offered(ip) => LeaseOutcome::Offered(ip),
+                    OfferOutcome::Probe(ip) => {
+                        probe.set(Some(ip));
+                        LeaseOutcome::Probing
+                    }
+                    OfferOutcome::Probing => LeaseOutcome::Probing,
+                    OfferOutcome::Exhausted => LeaseOutcome::Exhausted,
+                })
+        }
+        LeaseOp::Commit { pool, ip, kind } => {
+            let Some(pool) = site.pools.get(pool) else {
+                return LeaseOutcome::NotApplicable;
+            };
+            db.commit(mac, ip, kind, pool, site, now).map(|c| match c {
+                CommitOutcome::Bound(ip) => LeaseOutcome::Bound(ip),
+                CommitOutcome::Refused => {
+                    metrics.unsolicited_nak.fetch_add(1, Ordering::Relaxed);
+                    info!(%mac, %ip, ?kind, "dhcp: REQUEST for an address not offered to this client: NAK");
+                    LeaseOutcome::Refused
+                }
+                CommitOutcome::Unknown => {
+                    metrics.unsolicited_ignored.fetch_add(1, Ordering::Relaxed);
+                    info!(%mac, %ip, ?kind, "dhcp: REQUEST from a client with no lease here: ignored");
+                    LeaseOutcome::Unknown
+                }
+            })
+        }
+        LeaseOp::Release(ip) => db
+            .release(mac, ip, site, now)
+            .map(|_| LeaseOutcome::NotApplicable),
         LeaseOp::Decline(ip) => {
             warn!(%mac, %ip, "dhcp: client declined address (in use by someone else?)");
-            db.decline(mac, ip, now)
+            db.decline(mac, ip, site, now)
                 .map(|_| LeaseOutcome::NotApplicable)
         }
-        LeaseOp::Forget => db.forget_offer(mac).map(|_| LeaseOutcome::NotApplicable),
+        LeaseOp::Forget => db
+            .forget_offer(mac, site, now)
+            .map(|_| LeaseOutcome::NotApplicable),
     };
     result.unwrap_or_else(|e| {
-        shared
-            .metrics
-            .lease_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.lease_errors.fetch_add(1, Ordering::Relaxed);
         warn!(error = %e, %mac, "dhcp: lease database");
-        // Without the database we cannot promise an address is unique: stay silent.
+        // Nothing unwritten is promised: no offer, no ACK beyond what is already on disk.
         LeaseOutcome::NotApplicable
     })
+}
+
+/// Our own IPv4 addresses, so that our own replies (looped back) are not reported.
+fn local_addresses() -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reports every DHCP reply on the segment that did not come from us: from a server in
+/// `dhcp.peers` at debug level, from any other at warn (once a minute per server).
+async fn watch_servers(watcher: Watcher, shared: Arc<Shared>) -> Result<(), DhcpError> {
+    let mut warned: std::collections::HashMap<Ipv4Addr, Instant> = Default::default();
+    let mut ours = local_addresses();
+    let mut ours_read = Instant::now();
+    loop {
+        let seen = match watcher.next().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "dhcp: watching for other DHCP servers failed; stopped");
+                // The DHCP service itself goes on.
+                std::future::pending::<()>().await;
+                return Ok(());
+            }
+        };
+        let Ok(packet) = wire::decode(&seen.payload) else {
+            continue;
+        };
+        if packet.op != wire::BOOTREPLY {
+            continue;
+        }
+        let server = packet
+            .option_ip(wire::opt::SERVER_ID)
+            .unwrap_or(seen.source);
+        if ours_read.elapsed() > Duration::from_secs(10) {
+            ours = local_addresses();
+            ours_read = Instant::now();
+        }
+        if ours.contains(&server) || ours.contains(&seen.source) {
+            continue;
+        }
+        let site = shared.site.load();
+        if site.peers.contains(&server) || site.peers.contains(&seen.source) {
+            shared
+                .metrics
+                .peer_server_replies
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%server, "dhcp: reply from a peer DHCP server");
+            continue;
+        }
+        shared
+            .metrics
+            .foreign_server_replies
+            .fetch_add(1, Ordering::Relaxed);
+        let due = warned
+            .get(&server)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            if warned.len() >= MAX_WARNED_SERVERS {
+                warned.clear();
+            }
+            warned.insert(server, Instant::now());
+            warn!(
+                %server, source = %seen.source, mac = %packet.mac(),
+                address = %packet.yiaddr,
+                "dhcp: another DHCP server answers on this segment (list it in dhcp.peers if expected)"
+            );
+        } else {
+            debug!(%server, "dhcp: reply from another DHCP server");
+        }
+    }
 }

@@ -8,6 +8,10 @@ use std::net::Ipv4Addr;
 pub use pxeforge_site::settings::BootFiles;
 pub use pxeforge_site::Mac;
 
+/// Defaults of the settings of the same names (`dhcp.offer_hold_secs`, `dhcp.ping_timeout_ms`).
+pub const DEFAULT_OFFER_HOLD_SECS: u32 = 30;
+pub const DEFAULT_PING_TIMEOUT_MS: u32 = 500;
+
 /// One inventory host as DHCP sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEntry {
@@ -22,11 +26,14 @@ pub struct HostEntry {
     pub domain: Option<String>,
 }
 
-/// Discovery pool for reservation mode: leases for hosts without a static address.
+/// One subnet's pool for reservation mode: leases for hosts without a static address on that
+/// subnet. A request is served from the pool of its link's subnet only (the relay's `giaddr`, or
+/// our address on the receiving interface), never from another subnet's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub start: Ipv4Addr,
     pub end: Ipv4Addr,
+    /// The subnet's prefix length; the subnet is `start/prefix`.
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
@@ -38,17 +45,40 @@ impl Pool {
         let v = u32::from(ip);
         u32::from(self.start) <= v && v <= u32::from(self.end)
     }
+
+    /// The subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.start) & u32::from(crate::decide::prefix_mask(self.prefix)))
+    }
+
+    /// Whether `ip` is on this pool's subnet (the link a client or relay is on).
+    pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(crate::decide::prefix_mask(self.prefix));
+        u32::from(ip) & mask == u32::from(self.network())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpSite {
     pub hosts: HashMap<Mac, HostEntry>,
     pub boot_files: BootFiles,
-    pub pool: Option<Pool>,
+    /// One per subnet (`[[dhcp.subnet]]`), in the order of the settings.
+    pub pools: Vec<Pool>,
     pub lease_time_secs: u32,
+    /// How long an OFFER holds its address for the client's REQUEST.
+    pub offer_hold_secs: u32,
+    /// Probe a new address with an ICMP echo before offering it.
+    pub ping_check: bool,
+    /// How long a probe waits for an echo reply.
+    pub ping_timeout_ms: u32,
+    /// DHCP servers expected on the segment (counted, not warned about).
+    pub peers: Vec<Ipv4Addr>,
     /// Advertised base URL (e.g. `http://boot.lab:8080`); None = `http://<server addr>:<http_port>`.
     pub base_url: Option<String>,
     pub http_port: u16,
+    /// Changes whenever hosts or pools may have changed (every compile of the site): the lease
+    /// index of free addresses is rebuilt when it does.
+    pub generation: u64,
 }
 
 impl Default for DhcpSite {
@@ -56,10 +86,15 @@ impl Default for DhcpSite {
         DhcpSite {
             hosts: HashMap::new(),
             boot_files: BootFiles::default(),
-            pool: None,
+            pools: Vec::new(),
             lease_time_secs: 3600,
+            offer_hold_secs: DEFAULT_OFFER_HOLD_SECS,
+            ping_check: true,
+            ping_timeout_ms: DEFAULT_PING_TIMEOUT_MS,
+            peers: Vec::new(),
             base_url: None,
             http_port: 8080,
+            generation: 0,
         }
     }
 }
@@ -80,8 +115,18 @@ impl DhcpSite {
     }
 
     /// Whether `ip` is some inventory host's static address (never leased from the pool).
+    /// O(hosts): the lease index calls it once per site generation, not per packet.
     pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
         self.hosts.values().any(|h| h.address == Some(ip))
+    }
+
+    /// The pool of the subnet `link` is on (`giaddr` of a relayed request, else our address on
+    /// the receiving interface), with its index in `pools`.
+    pub fn pool_for(&self, link: Ipv4Addr) -> Option<(usize, &Pool)> {
+        self.pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.on_subnet(link))
     }
 }
 

@@ -11,7 +11,7 @@ use pxeforge_dhcp::encode::encode;
 use pxeforge_dhcp::wire::{self, opt};
 use pxeforge_dhcp::{
     parse_request, Action, ClientFacts, Destination, DhcpSite, Firmware, Input, LeaseOp,
-    LeaseOutcome, MessageType, Mode, Port, Silence,
+    LeaseOutcome, MessageType, Mode, Port, RequestKind, Silence,
 };
 
 fn client_source() -> SocketAddrV4 {
@@ -546,7 +546,10 @@ fn reservation_unknown_host() {
     let pool = site(true);
     assert_eq!(
         decide::lease_op(&input, &pool, Mode::Reservation),
-        LeaseOp::Offer { requested: None }
+        LeaseOp::Offer {
+            pool: 0,
+            requested: None
+        }
     );
     assert_eq!(decide::lease_op(&input, &pool, Mode::Proxy), LeaseOp::None);
     let ip = Ipv4Addr::new(10, 0, 0, 100);
@@ -585,7 +588,11 @@ fn reservation_unknown_host() {
     };
     assert_eq!(
         decide::lease_op(&input, &pool, Mode::Reservation),
-        LeaseOp::Commit(ip)
+        LeaseOp::Commit {
+            pool: 0,
+            ip,
+            kind: RequestKind::Selecting
+        }
     );
     let ack = respond(decide::decide(
         &input,

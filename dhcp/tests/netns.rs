@@ -799,3 +799,521 @@ fn decline_and_release_over_the_wire() {
     assert!(server.metrics.decisions("declined") == 1 && server.metrics.decisions("released") == 1);
     assert_eq!(server.metrics.lease_errors.load(Ordering::Relaxed), 0);
 }
+
+/// A DHCP message from `who` with the broadcast flag (the client has no address yet).
+fn client_packet(who: pxeforge_dhcp::Mac, msg: u8, opts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut p = plain_client(who, msg);
+    p[10] = 0x80;
+    for (code, value) in opts {
+        set_option(&mut p, *code, value);
+    }
+    p
+}
+
+fn bound_leases(db: &Path) -> Vec<(Ipv4Addr, String)> {
+    pxeforge_dhcp::leases::LeaseDb::open(db)
+        .unwrap()
+        .all()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.state == pxeforge_dhcp::leases::LeaseState::Bound)
+        .map(|l| (l.ip, l.mac.to_string()))
+        .collect()
+}
+
+fn prometheus(m: &DhcpMetrics) -> String {
+    let mut out = String::new();
+    m.write_prometheus(&mut out);
+    out
+}
+
+/// The value of one sample (`name` with its labels, exactly as written) in Prometheus text.
+fn sample(prom: &str, name: &str) -> Option<u64> {
+    prom.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn unsolicited_requests_bind_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let cli = lab.node("cli", None, None);
+    let db = lab.dir.path().join("leases.db");
+    let server = Server::start(lab.ns(srv), Mode::Reservation, site(true), db.clone());
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let sid = (opt::SERVER_ID, SERVER_IP.octets().to_vec());
+    // The whole pool (10.0.0.100-103), asked for without any offer: SELECTING with our server
+    // identifier, and INIT-REBOOT without one, each from a MAC this server has never seen.
+    for (i, last) in (100u8..=103).enumerate() {
+        for with_sid in [true, false] {
+            let who = mac(&format!(
+                "02:00:00:00:09:{:02x}",
+                i * 2 + usize::from(with_sid)
+            ));
+            let mut opts = vec![(
+                opt::REQUESTED_IP,
+                Ipv4Addr::new(10, 0, 0, last).octets().to_vec(),
+            )];
+            if with_sid {
+                opts.push(sid.clone());
+            }
+            let replies = exchange(
+                lab.ns(cli),
+                client,
+                bcast,
+                client_packet(who, 3, &opts),
+                Duration::from_millis(400),
+            );
+            assert!(
+                replies.iter().all(|(_, p)| p.msg_type() != Some(5)),
+                "an unsolicited REQUEST for 10.0.0.{last} was ACKed"
+            );
+        }
+    }
+    // A real client still gets the first address of the pool.
+    let who = mac("02:00:00:00:09:ff");
+    let mut offer = None;
+    for _ in 0..3 {
+        let replies = exchange(
+            lab.ns(cli),
+            client,
+            bcast,
+            client_packet(who, 1, &[]),
+            Duration::from_millis(1500),
+        );
+        if let Some((_, p)) = replies.into_iter().next() {
+            offer = Some(p);
+            break;
+        }
+    }
+    let offer = offer.expect("no offer after the unsolicited requests");
+    assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
+    let prom = prometheus(&server.metrics);
+    drop(server);
+    assert_eq!(
+        bound_leases(&db),
+        vec![],
+        "unsolicited REQUESTs bound addresses"
+    );
+    assert_eq!(
+        sample(
+            &prom,
+            "pxeforge_dhcp_unsolicited_requests_total{answer=\"nak\"}"
+        )
+        .unwrap_or(0)
+            + sample(
+                &prom,
+                "pxeforge_dhcp_unsolicited_requests_total{answer=\"ignored\"}"
+            )
+            .unwrap_or(0),
+        8,
+        "{prom}"
+    );
+}
+
+#[test]
+fn relayed_request_from_an_unknown_subnet_gets_no_lease() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let relay = lab.node("relay", Some("10.0.0.9/24"), None);
+    // The relay's client side is 10.9.0.0/24 (its address there, 10.9.0.1, is giaddr), reached
+    // from the server through the relay.
+    lab.ns(relay)
+        .ip(&["addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    lab.ns(srv)
+        .ip(&["route", "add", "10.9.0.0/24", "via", "10.0.0.9"]);
+    // The site's only pool is 10.0.0.100-103 (10.0.0.0/24).
+    let _server = Server::start(
+        lab.ns(srv),
+        Mode::Reservation,
+        site(true),
+        lab.dir.path().join("leases.db"),
+    );
+    let mut p = client_packet(mac("02:00:00:00:0a:01"), 1, &[]);
+    set_ip(&mut p, GIADDR, Ipv4Addr::new(10, 9, 0, 1));
+    p[3] = 1;
+    let replies = exchange(
+        lab.ns(relay),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67),
+        SocketAddrV4::new(SERVER_IP, 67),
+        p,
+        Duration::from_millis(1500),
+    );
+    assert!(
+        replies.is_empty(),
+        "a client on 10.9.0.0/24 was offered an address of another subnet: {replies:?}"
+    );
+}
+
+#[test]
+fn no_interface_means_no_reservation_mode() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let db = lab.dir.path().join("leases.db");
+    let result = lab
+        .ns(srv)
+        .enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut out = Vec::new();
+                for (mode, interface) in [
+                    (Mode::Reservation, None),
+                    (Mode::Reservation, Some(String::new())),
+                    (Mode::Proxy, None),
+                ] {
+                    let mut config = DhcpConfig::new(mode, db.clone());
+                    config.interface = interface;
+                    let site = Arc::new(ArcSwap::from_pointee(site(true)));
+                    out.push(
+                        DhcpServer::bind(config, site)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                out
+            })
+        })
+        .join()
+        .unwrap();
+    let err = result[0]
+        .as_ref()
+        .expect_err("reservation mode started without an interface");
+    assert!(err.contains("interface"), "{err}");
+    assert!(
+        result[1].is_err(),
+        "an empty interface name is no interface"
+    );
+    assert!(
+        result[2].is_ok(),
+        "proxy mode without an interface only warns: {:?}",
+        result[2]
+    );
+}
+
+#[test]
+fn ping_probe_skips_an_address_in_use() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    // A machine configured by hand with the pool's first address, which DHCP knows nothing of.
+    let _squatter = lab.node("squat", Some("10.0.0.100/24"), None);
+    let cli = lab.node("cli", None, None);
+    let db = lab.dir.path().join("leases.db");
+    let server = Server::start(lab.ns(srv), Mode::Reservation, site(true), db.clone());
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let who = mac("02:00:00:00:0b:01");
+    let mut offer = None;
+    for _ in 0..4 {
+        let replies = exchange(
+            lab.ns(cli),
+            client,
+            bcast,
+            client_packet(who, 1, &[]),
+            Duration::from_secs(3),
+        );
+        if let Some((_, p)) = replies.into_iter().next() {
+            offer = Some(p);
+            break;
+        }
+    }
+    let offer = offer.expect("no offer");
+    assert_eq!(
+        offer.yiaddr,
+        Ipv4Addr::new(10, 0, 0, 101),
+        "offered an address that answers ping"
+    );
+    let prom = prometheus(&server.metrics);
+    assert_eq!(
+        sample(&prom, "pxeforge_dhcp_ping_conflicts_total"),
+        Some(1),
+        "{prom}"
+    );
+}
+
+/// dnsmasq as a second DHCP server on the segment, with its addresses only.
+fn dnsmasq(lab: &Lab, ns: usize, range: &str) -> Proc {
+    Proc(
+        lab.ns(ns)
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--user=root",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-range={range}"))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                lab.dir.path().join(format!("dnsmasq{ns}.leases")).display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                lab.dir.path().join(format!("dnsmasq{ns}.pid")).display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    )
+}
+
+fn have_dnsmasq() -> bool {
+    let ok = Command::new("dnsmasq").arg("--version").output().is_ok();
+    if !ok {
+        pxeforge_tests::skip(format_args!("dnsmasq not installed"));
+    }
+    ok
+}
+
+#[test]
+fn a_second_dhcp_server_is_reported() {
+    if !can_run() || !have_dnsmasq() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let other = lab.node("dnsmasq", Some("10.0.0.2/24"), None);
+    let cli = lab.node("cli", None, None);
+    let _dnsmasq = dnsmasq(&lab, other, "10.0.0.150,10.0.0.160,255.255.255.0,1h");
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Reservation,
+        site(true),
+        lab.dir.path().join("leases.db"),
+    );
+    let client = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let who = mac("02:00:00:00:0c:01");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let _ = exchange(
+            lab.ns(cli),
+            client,
+            bcast,
+            client_packet(who, 1, &[]),
+            Duration::from_secs(1),
+        );
+        let prom = prometheus(&server.metrics);
+        seen = sample(&prom, "pxeforge_dhcp_foreign_server_replies_total");
+        if seen.unwrap_or(0) > 0 {
+            break;
+        }
+    }
+    assert!(
+        seen.unwrap_or(0) > 0,
+        "dnsmasq's offers were not reported: {}",
+        prometheus(&server.metrics)
+    );
+}
+
+fn decisions(prom: &str, message: &str, outcome: &str) -> u64 {
+    sample(
+        prom,
+        &format!("pxeforge_dhcp_decisions_total{{mode=\"reservation\",message=\"{message}\",firmware=\"unknown\",outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+/// ISC dhclient, run to a lease and stopped (by its pid) before returning.
+fn dhclient(ns: &Netns, dir: &Path) -> bool {
+    let pid = dir.join("dhclient.pid");
+    let ok = ns
+        .command("dhclient")
+        .args(["-1", "-4", "-sf", "/bin/true", "-cf", "/dev/null", "-lf"])
+        .arg(dir.join("dhclient.leases"))
+        .arg("-pf")
+        .arg(&pid)
+        .arg("eth0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    // -1 leaves a daemon behind once bound: stop exactly that process.
+    if let Some(p) = std::fs::read_to_string(&pid)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGTERM);
+    }
+    ok
+}
+
+#[test]
+fn init_reboot_of_a_real_lease() {
+    if !can_run() {
+        return;
+    }
+    if Command::new("dhclient").arg("--version").output().is_err() {
+        pxeforge_tests::skip(format_args!("dhclient not installed"));
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let cli = lab.node("cli", None, Some("02:00:00:00:0d:01"));
+    let db = lab.dir.path().join("leases.db");
+    let dir = lab.dir.path().to_path_buf();
+    let server = Server::start(lab.ns(srv), Mode::Reservation, site(true), db.clone());
+    assert!(dhclient(lab.ns(cli), &dir), "dhclient got no lease");
+    let first = prometheus(&server.metrics);
+    assert_eq!(decisions(&first, "discover", "offer"), 1, "{first}");
+    assert_eq!(decisions(&first, "request", "ack"), 1, "{first}");
+    // Rebooting with its lease file: a REQUEST without server identifier (INIT-REBOOT).
+    assert!(
+        dhclient(lab.ns(cli), &dir),
+        "dhclient could not reboot its lease"
+    );
+    let second = prometheus(&server.metrics);
+    assert_eq!(
+        decisions(&second, "discover", "offer"),
+        1,
+        "no new DISCOVER expected: {second}"
+    );
+    assert_eq!(decisions(&second, "request", "ack"), 2, "{second}");
+    drop(server);
+    assert_eq!(
+        bound_leases(&db),
+        vec![(
+            Ipv4Addr::new(10, 0, 0, 100),
+            "02:00:00:00:0d:01".to_string()
+        )]
+    );
+}
+
+#[test]
+fn relayed_request_is_served_from_its_subnet_pool() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let relay = lab.node("relay", Some("10.0.0.9/24"), None);
+    lab.ns(relay)
+        .ip(&["addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    lab.ns(srv)
+        .ip(&["route", "add", "10.9.0.0/24", "via", "10.0.0.9"]);
+    let mut s = site(true);
+    s.pools.push(pxeforge_dhcp::Pool {
+        start: Ipv4Addr::new(10, 9, 0, 100),
+        end: Ipv4Addr::new(10, 9, 0, 110),
+        prefix: 24,
+        router: Some(Ipv4Addr::new(10, 9, 0, 1)),
+        dns: vec![],
+        domain: Some("far.example".into()),
+    });
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Reservation,
+        s,
+        lab.dir.path().join("leases.db"),
+    );
+    let who = mac("02:00:00:00:0e:01");
+    let relayed = |msg: u8, opts: &[(u8, Vec<u8>)]| {
+        let mut p = client_packet(who, msg, opts);
+        set_ip(&mut p, GIADDR, Ipv4Addr::new(10, 9, 0, 1));
+        p[3] = 1;
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies = exchange(
+                lab.ns(relay),
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67),
+                SocketAddrV4::new(SERVER_IP, 67),
+                p.clone(),
+                Duration::from_millis(1500),
+            );
+            if !replies.is_empty() {
+                break;
+            }
+        }
+        replies
+            .into_iter()
+            .next()
+            .map(|(_, p)| p)
+            .expect("no reply through the relay")
+    };
+    let offer = relayed(1, &[]);
+    assert_eq!(offer.msg_type(), Some(2));
+    assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 9, 0, 100));
+    assert_eq!(
+        offer.option_ip(opt::ROUTER),
+        Some(Ipv4Addr::new(10, 9, 0, 1))
+    );
+    assert_eq!(text(&offer, opt::DOMAIN).as_deref(), Some("far.example"));
+    let ack = relayed(
+        3,
+        &[
+            (opt::SERVER_ID, SERVER_IP.octets().to_vec()),
+            (opt::REQUESTED_IP, offer.yiaddr.octets().to_vec()),
+        ],
+    );
+    assert_eq!((ack.msg_type(), ack.yiaddr), (Some(5), offer.yiaddr));
+    // The local segment's pool is untouched.
+    let prom = prometheus(&server.metrics);
+    assert_eq!(sample(&prom, "pxeforge_dhcp_lease_errors_total"), Some(0));
+}
+
+#[test]
+fn a_listed_peer_is_counted_not_reported() {
+    if !can_run() || !have_dnsmasq() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.node("srv", Some("10.0.0.1/24"), None);
+    let other = lab.node("dnsmasq", Some("10.0.0.2/24"), None);
+    let cli = lab.node("cli", None, None);
+    let _dnsmasq = dnsmasq(&lab, other, "10.0.0.150,10.0.0.160,255.255.255.0,1h");
+    let mut s = site(true);
+    s.peers = vec![DNSMASQ_IP];
+    let server = Server::start(
+        lab.ns(srv),
+        Mode::Proxy,
+        s,
+        lab.dir.path().join("leases.db"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut prom = String::new();
+    while Instant::now() < deadline {
+        let _ = exchange(
+            lab.ns(cli),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+            client_packet(mac("02:00:00:00:0f:01"), 1, &[]),
+            Duration::from_secs(1),
+        );
+        prom = prometheus(&server.metrics);
+        if sample(&prom, "pxeforge_dhcp_peer_server_replies_total").unwrap_or(0) > 0 {
+            break;
+        }
+    }
+    assert!(
+        sample(&prom, "pxeforge_dhcp_peer_server_replies_total").unwrap_or(0) > 0,
+        "{prom}"
+    );
+    assert_eq!(
+        sample(&prom, "pxeforge_dhcp_foreign_server_replies_total"),
+        Some(0),
+        "{prom}"
+    );
+}

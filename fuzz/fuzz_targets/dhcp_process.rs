@@ -32,17 +32,21 @@ fn site(pool: bool) -> DhcpSite {
     DhcpSite {
         hosts,
         boot_files: BootFiles::default(),
-        pool: pool.then(|| Pool {
-            start: Ipv4Addr::new(10, 0, 0, 100),
-            end: Ipv4Addr::new(10, 0, 0, 199),
-            prefix: 24,
-            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            dns: vec![],
-            domain: None,
-        }),
+        pools: pool
+            .then(|| Pool {
+                start: Ipv4Addr::new(10, 0, 0, 100),
+                end: Ipv4Addr::new(10, 0, 0, 199),
+                prefix: 24,
+                router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                dns: vec![],
+                domain: None,
+            })
+            .into_iter()
+            .collect(),
         lease_time_secs: 3600,
         base_url: None,
         http_port: 8080,
+        ..DhcpSite::default()
     }
 }
 
@@ -58,6 +62,8 @@ fuzz_target!(|data: &[u8]| {
                     LeaseOutcome::Offered(Ipv4Addr::new(10, 0, 0, 100)),
                     LeaseOutcome::Bound(Ipv4Addr::new(10, 0, 0, 100)),
                     LeaseOutcome::Refused,
+                    LeaseOutcome::Unknown,
+                    LeaseOutcome::Probing,
                     LeaseOutcome::Exhausted,
                 ] {
                     let Ok((facts, action)) =

@@ -13,15 +13,18 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tower::{Service, ServiceExt};
 
 /// Limits and timeouts of one connection.
@@ -41,7 +44,11 @@ pub struct Limits {
     /// `POST /events`, up to 1 MiB (an install event is a few KiB; the handler has its own,
     /// smaller limit).
     pub bodies: Vec<BodyRoute>,
-    /// Connections served at once; the accept loop waits for a free slot beyond it.
+    /// Connections served at once (split evenly over the workers of [`serve_on_threads`]).
+    /// A worker at its share makes room for a new connection by closing its oldest
+    /// connection that is not in the middle of a request: one that has not sent a byte, or a
+    /// keep-alive connection waiting for its next request ([`Observer::connection_evicted`]).
+    /// When every one is busy, the new connection waits for a slot.
     pub max_connections: usize,
     /// Requests served on one keep-alive connection: the last one is answered with
     /// `Connection: close` and the connection closed, so that no client holds a connection
@@ -344,6 +351,10 @@ where
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let mut arrivals = Arrivals::new(limits.max_connections);
+    // Connections going idle tell the accept loop, which may be waiting for something to
+    // evict (see `make_room`).
+    let went_idle = Arc::new(Notify::new());
     let limits = Arc::new(limits);
     // On shutdown: stop accepting, then wait until every connection has closed (idle ones close
     // at once, a download in flight finishes); the caller bounds how long that may take.
@@ -353,19 +364,14 @@ where
     };
     let mut log = AcceptLog::default();
     loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut shutdown) => return drained().await,
-            p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
-        };
+        // Accepted before a slot is taken, so that a full worker evicts only for a connection
+        // that is actually there; at the cap one accepted connection waits here, the rest in
+        // the listen queue.
         let (stream, remote) = tokio::select! {
-            _ = stopped(&mut shutdown) => {
-                drop(permit);
-                return drained().await;
-            }
+            _ = stopped(&mut shutdown) => return drained().await,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    drop(permit);
                     let (reason, back_off) = accept_error(&e);
                     observer.accept_failed(reason);
                     if !back_off {
@@ -387,7 +393,6 @@ where
         log.accepted();
         let addr_slot = match per_addr.as_ref().map(|t| t.admit(remote.ip())) {
             Some(Admit::Refused) => {
-                drop(permit);
                 tracing::debug!(%remote, "connection refused: per-address cap");
                 observer.connection_refused("per-address");
                 refuse_connection(stream);
@@ -396,7 +401,21 @@ where
             Some(Admit::Counted(slot)) => Some(slot),
             Some(Admit::Uncounted) | None => None,
         };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let room = make_room(&slots, &mut arrivals, &went_idle, &*observer, &mut shutdown);
+                match room.await {
+                    Some(p) => p?,
+                    None => {
+                        drop((stream, addr_slot));
+                        return drained().await;
+                    }
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let standing = Arc::new(Standing::default());
         let conn = Connection {
             stream,
             remote,
@@ -405,14 +424,205 @@ where
             observer: observer.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
+            standing: standing.clone(),
+            went_idle: went_idle.clone(),
         };
-        tokio::spawn(async move {
-            // Both given back when the task ends, however it ends: returning, unwinding from
-            // a panicking handler, or dropped with the runtime.
+        // Moved into the task rather than made in it: dropped, and so marking the connection
+        // closed, even if the task is aborted before it first runs.
+        let closes = Closes(standing.clone());
+        let task = tokio::spawn(async move {
+            // All given back when the task ends, however it ends: returning, unwinding from
+            // a panicking handler, aborted by eviction, or dropped with the runtime.
             let _permit = permit;
             let _addr_slot = addr_slot;
+            let _closes = closes;
             conn.run().await;
         });
+        arrivals.push(Arrival {
+            standing,
+            task: task.abort_handle(),
+            remote,
+        });
+    }
+}
+
+/// Gets a slot for a new connection on a full worker: evicts the oldest evictable
+/// connection and waits for its task to give its slot back, or, with none evictable, waits
+/// for a slot, looking again whenever a connection goes idle. `None` if the server is
+/// stopping meanwhile.
+async fn make_room(
+    slots: &Arc<Semaphore>,
+    arrivals: &mut Arrivals,
+    went_idle: &Notify,
+    observer: &dyn Observer,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<io::Result<OwnedSemaphorePermit>> {
+    loop {
+        let evicted = match arrivals.evict_oldest() {
+            Some((remote, state)) => {
+                tracing::debug!(%remote, state, "connection evicted: worker at its connection cap");
+                observer.connection_evicted(state);
+                true
+            }
+            None => false,
+        };
+        tokio::select! {
+            _ = stopped(shutdown) => return None,
+            // After an eviction, the aborted task's slot comes back once the runtime has
+            // dropped it; nothing else takes slots (only this loop acquires them).
+            p = slots.clone().acquire_owned() => return Some(p.map_err(io::Error::other)),
+            // Something may be evictable now. (A notification left from before, when nobody
+            // was waiting, costs one more look.)
+            _ = went_idle.notified(), if !evicted => {}
+        }
+    }
+}
+
+/// Where a connection stands, for eviction at the connection cap. The accept loop may evict
+/// a connection only from `FRESH` or `IDLE`, the connection leaves those for `BUSY` when
+/// request bytes arrive, and both moves are compare-and-swaps from the same values: a
+/// connection that has begun a request can never be evicted, and an evicted one never
+/// begins one.
+#[derive(Debug)]
+struct Standing(AtomicU8);
+
+/// Accepted, no byte received yet.
+const FRESH: u8 = 0;
+/// Keep-alive, waiting for the next request, nothing of it received or buffered.
+const IDLE: u8 = 1;
+/// Reading a request, running its handler, or writing its response.
+const BUSY: u8 = 2;
+/// Chosen for eviction; its task is being aborted.
+const EVICTED: u8 = 3;
+/// Its task has ended.
+const CLOSED: u8 = 4;
+
+impl Default for Standing {
+    fn default() -> Self {
+        Standing(AtomicU8::new(FRESH))
+    }
+}
+
+impl Standing {
+    /// Request bytes arrived: `FRESH` or `IDLE` → `BUSY`. `false` if the connection was
+    /// evicted first, when it must stop.
+    fn begin(&self) -> bool {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            match now {
+                BUSY => return true,
+                FRESH | IDLE => {}
+                _ => return false,
+            }
+            match self
+                .0
+                .compare_exchange(now, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// A request answered and nothing of the next one buffered: `BUSY` → `IDLE`. Whether it
+    /// moved (a `FRESH` connection stays fresh).
+    fn idle(&self) -> bool {
+        self.0
+            .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// `FRESH` or `IDLE` → `EVICTED`; which of the two it was, or `None` if it was neither.
+    fn evict(&self) -> Option<&'static str> {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            let state = match now {
+                FRESH => "fresh",
+                IDLE => "idle",
+                _ => return None,
+            };
+            match self
+                .0
+                .compare_exchange(now, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(state),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// Evicted or ended: nothing more to do with it.
+    fn gone(&self) -> bool {
+        self.0.load(Ordering::Acquire) >= EVICTED
+    }
+}
+
+/// Marks a connection `CLOSED` when its task ends, however it ends.
+struct Closes(Arc<Standing>);
+
+impl Drop for Closes {
+    fn drop(&mut self) {
+        self.0 .0.store(CLOSED, Ordering::Release);
+    }
+}
+
+/// One connection of an accept loop, in [`Arrivals`].
+struct Arrival {
+    standing: Arc<Standing>,
+    task: AbortHandle,
+    remote: SocketAddr,
+}
+
+/// An accept loop's connections in the order they arrived, for evicting the oldest. Entries
+/// of connections that ended stay until they are met (at the front, or in a scan) or the
+/// queue outgrows twice the worker's cap, so that a connection's end costs the loop nothing.
+struct Arrivals {
+    queue: VecDeque<Arrival>,
+    /// Past this many entries, the ended ones are swept out.
+    sweep_at: usize,
+}
+
+impl Arrivals {
+    fn new(max_connections: usize) -> Arrivals {
+        Arrivals {
+            queue: VecDeque::new(),
+            sweep_at: max_connections.max(1).saturating_mul(2),
+        }
+    }
+
+    fn push(&mut self, a: Arrival) {
+        if self.queue.len() >= self.sweep_at {
+            self.queue.retain(|a| !a.standing.gone());
+        }
+        self.queue.push_back(a);
+    }
+
+    /// Evicts the oldest connection that is fresh or idle and aborts its task (which closes
+    /// its socket and gives back its slot); its address and which it was. Busy connections
+    /// are passed over and keep their place. The scan is linear in the busy connections older
+    /// than the first evictable one: a few atomic loads each, and only when the worker is full.
+    fn evict_oldest(&mut self) -> Option<(SocketAddr, &'static str)> {
+        while self.queue.front().is_some_and(|a| a.standing.gone()) {
+            self.queue.pop_front();
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            let a = &self.queue[i];
+            if a.standing.gone() {
+                self.queue.remove(i);
+                continue;
+            }
+            if let Some(state) = a.standing.evict() {
+                // Only now, with the connection unable to begin a request: it was waiting
+                // for bytes, and is dropped there.
+                a.task.abort();
+                let remote = a.remote;
+                self.queue.remove(i);
+                return Some((remote, state));
+            }
+            i += 1;
+        }
+        None
     }
 }
 
@@ -462,6 +672,10 @@ struct Connection<S> {
     observer: Arc<dyn Observer>,
     limits: Arc<Limits>,
     shutdown: watch::Receiver<bool>,
+    /// Fresh, idle or busy, for the accept loop's eviction.
+    standing: Arc<Standing>,
+    /// Told when this connection goes idle (see `make_room`).
+    went_idle: Arc<Notify>,
 }
 
 /// What reading a request came to.
@@ -529,6 +743,11 @@ where
     async fn next_request(&mut self) -> Next {
         // The request clock starts with the request's first byte, not with the idle wait.
         let mut started = (!self.buf.is_empty()).then(tokio::time::Instant::now);
+        // Between requests with nothing buffered, a full worker may evict this connection;
+        // with a pipelined request already here it stays busy.
+        if started.is_none() && self.standing.idle() {
+            self.went_idle.notify_one();
+        }
         let head = loop {
             match wire::parse_head(&self.buf) {
                 Ok(Some(h)) => break h,
@@ -550,6 +769,10 @@ where
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
                 Ok(Ok(_)) => {
+                    if started.is_none() && !self.standing.begin() {
+                        // Evicted while waiting; the evictor is aborting this task.
+                        return Next::Close;
+                    }
                     started.get_or_insert_with(tokio::time::Instant::now);
                 }
                 Err(_) if idle => return Next::Close,
@@ -824,6 +1047,7 @@ mod tests {
         bytes: AtomicU64,
         refused: Mutex<Vec<u16>>,
         connections_refused: Mutex<Vec<&'static str>>,
+        evicted: Mutex<Vec<&'static str>>,
         accept_failed: Mutex<Vec<&'static str>>,
     }
 
@@ -836,6 +1060,9 @@ mod tests {
         }
         fn connection_refused(&self, reason: &'static str) {
             self.connections_refused.lock().unwrap().push(reason);
+        }
+        fn connection_evicted(&self, state: &'static str) {
+            self.evicted.lock().unwrap().push(state);
         }
         fn accept_failed(&self, reason: &'static str) {
             self.accept_failed.lock().unwrap().push(reason);
@@ -1553,6 +1780,250 @@ mod tests {
         drop(b);
         let again = holds_exactly(r.addr, 2).await;
         drop(again);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// Waits until the server has closed `s` (EOF or reset); panics if it is still open after
+    /// 5 s (a hang, not a timing assertion: the close is due at once).
+    async fn closed_by_server(s: &mut TcpStream) {
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("got {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => panic!("not closed within 5 s"),
+        }
+    }
+
+    /// Whether `s` is still open with nothing to read: the server has neither closed it nor
+    /// written to it.
+    fn still_open(s: &TcpStream) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(s.try_read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// The bench/abuse attack in small: silent connections fill the worker's slots, and a
+    /// new connection is served anyway, by closing the oldest silent one. (Before eviction
+    /// the new one waited in the listen queue until a silent one timed out: 75 s.)
+    #[tokio::test]
+    async fn silent_connections_at_the_cap_make_room_for_a_new_one() {
+        let r = start(Limits {
+            max_connections: 4,
+            ..Limits::default()
+        })
+        .await;
+        // Accepted in the order they connect: the listen queue is first in, first out.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(r.addr).await.unwrap());
+        }
+        let out = exchange_within(
+            r.addr,
+            b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 200 OK\r\n") && out.ends_with(b"\r\n\r\nok"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        // The oldest went, and only it.
+        closed_by_server(&mut silent[0]).await;
+        assert!(silent[1..].iter().all(still_open));
+        assert_eq!(*r.recorder.evicted.lock().unwrap(), vec!["fresh"]);
+        // Again, with a slot free after the close: nothing more is evicted.
+        let out = exchange_within(
+            r.addr,
+            b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(r.recorder.evicted.lock().unwrap().len() <= 2);
+        drop(silent);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// Keep-alive connections waiting for their next request are evictable too, oldest
+    /// first; the others go on being served.
+    #[tokio::test]
+    async fn idle_keep_alive_connections_are_evicted_oldest_first() {
+        let r = start(Limits {
+            max_connections: 4,
+            ..Limits::default()
+        })
+        .await;
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(held(r.addr).await.unwrap());
+        }
+        let fifth = held(r.addr).await.unwrap();
+        closed_by_server(&mut idle[0]).await;
+        assert_eq!(*r.recorder.evicted.lock().unwrap(), vec!["idle"]);
+        for mut s in idle.into_iter().skip(1).chain([fifth]) {
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                out.ends_with(b"\r\n\r\nok"),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        assert_eq!(*r.recorder.evicted.lock().unwrap(), vec!["idle"]);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// A download a client has stopped reading (for now): the server is in the middle of
+    /// sending `huge.bin` with `sendfile`. `go` lets the client read it all; the result is
+    /// the bytes received and whether the connection ended in a reset.
+    struct StalledDownload {
+        go: std::sync::mpsc::Sender<()>,
+        done: tokio::task::JoinHandle<(u64, bool)>,
+    }
+
+    /// Starts a [`StalledDownload`] and returns once the server has begun sending its body
+    /// (`recorder` heard file bytes leave), so that its connection is busy.
+    async fn stalled_download(addr: SocketAddr, recorder: &Recorder) -> StalledDownload {
+        let before = recorder.bytes.load(Ordering::Relaxed);
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = small_window_client(addr);
+            s.write_all(b"GET /f/huge.bin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            // Until told (or the test is gone), nothing is read.
+            let _ = wait.recv();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return (total, false),
+                    Ok(n) => total += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        return (total, true)
+                    }
+                    Err(e) => panic!("read failed after {total} bytes: {e}"),
+                }
+            }
+        });
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while recorder.bytes.load(Ordering::Relaxed) == before {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the download did not start within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        StalledDownload { go, done }
+    }
+
+    /// Connections in the middle of a request (a body being received) or of a response (a
+    /// download the client reads slowly) are never evicted: fresh and idle ones go instead,
+    /// oldest first, even when the busy ones are older.
+    #[tokio::test]
+    async fn busy_connections_are_never_evicted() {
+        let r = start(Limits {
+            max_connections: 4,
+            ..Limits::default()
+        })
+        .await;
+        // Busy writing a response.
+        let download = stalled_download(r.addr, &r.recorder).await;
+        // Busy reading a request: the server has the head (it asked for the body).
+        let mut upload = TcpStream::connect(r.addr).await.unwrap();
+        upload
+            .write_all(
+                b"POST /events HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\
+                  Content-Length: 5\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut cont = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(5), upload.read_exact(&mut cont))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+        let mut fresh = Vec::new();
+        for _ in 0..2 {
+            fresh.push(TcpStream::connect(r.addr).await.unwrap());
+        }
+        // Full: each of these takes the place of the oldest evictable connection: the two
+        // fresh ones, then the first of these once it is idle.
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            kept.push(held(r.addr).await.unwrap());
+        }
+        for s in &mut fresh {
+            closed_by_server(s).await;
+        }
+        closed_by_server(&mut kept[0]).await;
+        assert_eq!(
+            *r.recorder.evicted.lock().unwrap(),
+            vec!["fresh", "fresh", "idle"]
+        );
+        // The busy ones finish undisturbed.
+        upload.write_all(b"hello").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), upload.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200 OK\r\n") && out.ends_with(b"\r\n\r\nhello"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        download.go.send(()).unwrap();
+        let (got, reset) = tokio::time::timeout(Duration::from_secs(30), download.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!reset, "download reset after {got} bytes");
+        assert!(got > HUGE, "only {got} bytes of {HUGE} and a head");
+        assert_eq!(r.recorder.evicted.lock().unwrap().len(), 3);
+        r.stop.send(true).unwrap();
+        r.server.await.unwrap().unwrap();
+    }
+
+    /// With nothing evictable the new connection waits for a slot, as before eviction: it is
+    /// answered once the busy connection is done, and the busy one is not cut short for it.
+    #[tokio::test]
+    async fn with_nothing_evictable_a_new_connection_waits_for_a_slot() {
+        let r = start(Limits {
+            max_connections: 1,
+            ..Limits::default()
+        })
+        .await;
+        let download = stalled_download(r.addr, &r.recorder).await;
+        let waiting = tokio::spawn(exchange_within(
+            r.addr,
+            b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(30),
+        ));
+        download.go.send(()).unwrap();
+        let (got, reset) = tokio::time::timeout(Duration::from_secs(30), download.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!reset && got > HUGE, "{got} bytes, reset: {reset}");
+        let out = waiting.await.unwrap();
+        assert!(
+            out.ends_with(b"\r\n\r\nok"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(r.recorder.evicted.lock().unwrap().is_empty());
         r.stop.send(true).unwrap();
         r.server.await.unwrap().unwrap();
     }

@@ -49,6 +49,15 @@ pub trait Observer: Send + Sync + 'static {
         let _ = reason;
     }
 
+    /// A worker at its share of [`conn::Limits::max_connections`] closed one of its
+    /// connections to take a new one: the oldest that was not in the middle of a request.
+    /// `state` is `"fresh"` (it had never sent a byte) or `"idle"` (a keep-alive connection
+    /// waiting for its next request, nothing of one received). The connection is closed
+    /// without an answer; the new one is served.
+    fn connection_evicted(&self, state: &'static str) {
+        let _ = state;
+    }
+
     /// `accept(2)` failed. `reason`: `"EMFILE"`, `"ENFILE"`, `"ENOBUFS"` or `"ENOMEM"` (out of
     /// descriptors or kernel memory: the accepting worker waits 50 ms before it tries again,
     /// rather than spinning on a queue it cannot take from), `"connection"` (an error of one

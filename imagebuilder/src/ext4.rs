@@ -1,5 +1,8 @@
 //! ext4 root image: `mkfs.ext4 -d` copies the staged tree, then one `debugfs -w` script sets every
-//! inode's real owner, mode and timestamps and adds device nodes and fifos — no root, no loop device.
+//! inode's real owner, mode and timestamps, adds device nodes and fifos, and writes extended
+//! attributes (`ea_set`: file capabilities, SELinux labels) — no root, no loop device. Setting
+//! `security.*` on staged files instead would need root on the build host, and `mkfs.ext4 -d`
+//! would copy whatever the host adds to them (its own SELinux labels).
 //! UUID and directory hash seed are fixed (derived from the build id) so the image is reproducible.
 
 use crate::error::BuildError;
@@ -47,8 +50,32 @@ fn q(path: &str) -> String {
     format!("\"/{}\"", path.replace('"', "\\\""))
 }
 
-pub fn debugfs_script(tree: &Tree, mtime: u64) -> Result<String, BuildError> {
+/// Values longer than this (escaped) go through a file (`ea_set -f`): debugfs reads its script
+/// in lines of at most 8 KiB.
+const INLINE_VALUE_MAX: usize = 1024;
+
+/// A value as a debugfs string: quoted, every byte other than a letter, digit or `._:-` as a
+/// three-digit octal escape (debugfs's parser takes those; it has no escape for `"` itself).
+fn quote_value(v: &[u8]) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for &b in v {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-') {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "\\{b:03o}");
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// The debugfs script that gives every inode its owner, mode, times and extended attributes
+/// and creates device nodes and fifos. Long attribute values are written to files
+/// `xattr-<n>` in `values_dir`, which debugfs must run in.
+pub fn debugfs_script(tree: &Tree, mtime: u64, values_dir: &Path) -> Result<String, BuildError> {
     let mut s = String::new();
+    let mut value_files = 0usize;
     for (path, node) in &tree.entries {
         if path.contains(['"', '\n']) {
             return Err(BuildError::Entry {
@@ -82,6 +109,32 @@ pub fn debugfs_script(tree: &Tree, mtime: u64) -> Result<String, BuildError> {
         for f in ["atime", "mtime", "ctime", "crtime"] {
             let _ = writeln!(s, "sif {p} {f} @{mtime}");
             let _ = writeln!(s, "sif {p} {f}_extra 0");
+        }
+        // A hard link's attributes are its target's: set once, on the target.
+        if matches!(node.kind, Kind::Hardlink(..)) {
+            continue;
+        }
+        for (name, value) in &node.xattrs {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                return Err(BuildError::Entry {
+                    entry: path.clone(),
+                    reason: format!("ext4 output cannot carry the xattr name {name:?}"),
+                });
+            }
+            let quoted = quote_value(value);
+            if quoted.len() <= INLINE_VALUE_MAX {
+                let _ = writeln!(s, "ea_set {p} {name} {quoted}");
+            } else {
+                let file = format!("xattr-{value_files}");
+                value_files += 1;
+                let fp = values_dir.join(&file);
+                std::fs::write(&fp, value).map_err(BuildError::io(&fp))?;
+                let _ = writeln!(s, "ea_set -f {file} {p} {name}");
+            }
         }
     }
     Ok(s)
@@ -118,10 +171,15 @@ pub fn build(
             .env("E2FSPROGS_FAKE_TIME", &t)
             .env("SOURCE_DATE_EPOCH", &t),
     )?;
-    let script = work.join("ext4.debugfs");
-    std::fs::write(&script, debugfs_script(tree, mtime)?).map_err(BuildError::io(&script))?;
+    // Absolute, as debugfs runs in `work` (a state directory may be given as a relative path).
+    let script = std::path::absolute(work.join("ext4.debugfs")).map_err(BuildError::io(work))?;
+    let out = &std::path::absolute(out).map_err(BuildError::io(out))?;
+    let text = debugfs_script(tree, mtime, work)?;
+    std::fs::write(&script, text).map_err(BuildError::io(&script))?;
     // debugfs exits 0 even when a command fails; its complaints on stderr are the errors.
     let o = crate::tools::cmd("debugfs")
+        // Where the script's `ea_set -f xattr-<n>` value files are.
+        .current_dir(work)
         .arg("-w")
         .arg("-f")
         .arg(&script)
@@ -148,4 +206,22 @@ pub fn build(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_with_octal_escapes() {
+        assert_eq!(
+            quote_value(b"system_u:object_r:bin_t:s0"),
+            "\"system_u:object_r:bin_t:s0\""
+        );
+        // debugfs's parser has no escape for a quote inside quotes: octal for everything else.
+        assert_eq!(
+            quote_value(b"a\"b\\c \n\x00\xff"),
+            r#""a\042b\134c\040\012\000\377""#
+        );
+    }
 }

@@ -12,7 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Bumped whenever the builder's output for the same inputs changes.
-pub const FORMAT: &str = "pxeforge-imagebuilder/1";
+/// 2: extended attributes carried, hard link groups written file first, cpio newc links.
+pub const FORMAT: &str = "pxeforge-imagebuilder/2";
 
 fn site_file(site: &Path, rel: &str) -> Result<std::path::PathBuf, BuildError> {
     crate::layers::site_path(site, rel)

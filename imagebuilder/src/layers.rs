@@ -60,6 +60,7 @@ pub fn apply_site_tree(tree: &mut Tree, dir: &Path, dest: &str) -> Result<(), Bu
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
+                xattrs: Default::default(),
             }
         } else if ft.is_file() {
             use std::os::unix::fs::PermissionsExt;
@@ -76,6 +77,7 @@ pub fn apply_site_tree(tree: &mut Tree, dir: &Path, dest: &str) -> Result<(), Bu
                 mode,
                 uid: 0,
                 gid: 0,
+                xattrs: Default::default(),
             }
         } else {
             return Err(BuildError::Entry {
@@ -124,6 +126,7 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
                 mode: f.mode & 0o7777,
                 uid: f.uid,
                 gid: f.gid,
+                xattrs: Default::default(),
             },
         )?;
     }
@@ -142,6 +145,7 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
                 mode: 0o777,
                 uid: s.uid,
                 gid: s.gid,
+                xattrs: Default::default(),
             },
         )?;
     }
@@ -164,6 +168,7 @@ pub fn apply_recipe(tree: &mut Tree, site: &Path, recipe: &Recipe) -> Result<(),
                 mode: d.mode & 0o7777,
                 uid: d.uid,
                 gid: d.gid,
+                xattrs: Default::default(),
             },
         )?;
     }
@@ -210,6 +215,7 @@ pub fn apply_profile(
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
+                xattrs: Default::default(),
             },
         )?;
     }
@@ -235,6 +241,7 @@ fn file_node(bytes: Vec<u8>, mode: u32) -> Node {
         mode,
         uid: 0,
         gid: 0,
+        xattrs: Default::default(),
     }
 }
 
@@ -245,6 +252,7 @@ fn read_text(tree: &Tree, path: &str) -> Result<(String, u32, u32, u32), BuildEr
             mode,
             uid,
             gid,
+            ..
         }) => {
             let bytes = c.read_all().map_err(BuildError::io(path))?;
             Ok((
@@ -292,12 +300,16 @@ fn write_back(
     (mode, uid, gid): (u32, u32, u32),
     default_mode: u32,
 ) -> Result<(), BuildError> {
-    let existed = tree.get(path).is_some();
+    let existing = tree.get(path);
+    let existed = existing.is_some();
     let node = Node {
         kind: Kind::File(Content::Inline(text.into_bytes())),
         mode: if existed { mode } else { default_mode },
         uid: if existed { uid } else { 0 },
         gid: if existed { gid } else { 0 },
+        // An edited file keeps its label (security.selinux of /etc/passwd, say): the edit
+        // changes the contents, not what the file is.
+        xattrs: existing.map(|n| n.xattrs.clone()).unwrap_or_default(),
     };
     tree.insert(path.into(), node)
 }
@@ -399,6 +411,7 @@ pub fn add_user(tree: &mut Tree, u: &crate::recipe::User) -> Result<(), BuildErr
                 mode: 0o600,
                 uid: u.uid,
                 gid: u.gid,
+                xattrs: Default::default(),
             },
         )?;
     }
@@ -469,6 +482,7 @@ pub fn enable_unit(tree: &mut Tree, unit: &str) -> Result<(), BuildError> {
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
+                xattrs: Default::default(),
             },
         )?;
     }

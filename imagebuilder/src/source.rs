@@ -1,7 +1,7 @@
 //! Base root filesystems: a directory, a tarball (plain, gzip, zstd) or an OCI image layout.
 
 use crate::error::BuildError;
-use crate::tree::{link_stays_inside, normalize, Content, Kind, Node, Tree};
+use crate::tree::{link_stays_inside, normalize, Content, Kind, Node, Tree, Xattrs};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -89,6 +89,7 @@ pub fn apply_tar(
             return Err(refuse("absolute path".into()));
         }
         let path = normalize(&raw_path).map_err(|_| refuse("path has a `..` component".into()))?;
+        let xattrs = pax_xattrs(&mut entry).map_err(|e| refuse(e.to_string()))?;
         let hdr = entry.header();
         let mode = hdr.mode().map_err(|e| refuse(e.to_string()))? & 0o7777;
         let uid = hdr.uid().map_err(|e| refuse(e.to_string()))? as u32;
@@ -137,27 +138,33 @@ pub fn apply_tar(
                 }
                 let t = normalize(&t)
                     .map_err(|_| refuse(format!("hard link to {t:?} leads out of the root")))?;
-                // A hard link is the same inode: it has its target's owner and mode.
-                let target = match tree.get(&t) {
+                // A hard link is the same inode: it has its target's owner, mode and xattrs. A
+                // link to a name that is itself a link is that name's inode again.
+                let (t, target) = match tree.get(&t) {
                     Some(
                         n @ Node {
                             kind: Kind::File(c),
                             ..
                         },
-                    ) => (n.mode, n.uid, n.gid, c.clone()),
+                    ) => (t.clone(), (n.clone(), c.clone())),
+                    Some(
+                        n @ Node {
+                            kind: Kind::Hardlink(tt, c),
+                            ..
+                        },
+                    ) => (tt.clone(), (n.clone(), c.clone())),
                     _ => {
                         return Err(refuse(format!(
                             "hard link to {t:?}, which is not an earlier regular file"
                         )))
                     }
                 };
+                let (n, c) = target;
                 tree.insert(
                     path,
                     Node {
-                        kind: Kind::Hardlink(t, target.3),
-                        mode: target.0,
-                        uid: target.1,
-                        gid: target.2,
+                        kind: Kind::Hardlink(t, c),
+                        ..n
                     },
                 )?;
                 continue;
@@ -189,10 +196,45 @@ pub fn apply_tar(
                 mode,
                 uid,
                 gid,
+                xattrs,
             },
         )?;
     }
     Ok(())
+}
+
+/// The PAX key prefix of an extended attribute, as GNU tar (`--xattrs`), bsdtar, podman and
+/// buildah write them: `SCHILY.xattr.<name>` = raw value.
+pub const PAX_XATTR: &str = "SCHILY.xattr.";
+
+/// The extended attributes a PAX header gives the entry after it. Names must be UTF-8 (PAX
+/// keys are); values are raw bytes. libarchive's own `LIBARCHIVE.xattr.*` form (URL-encoded
+/// name, base64 value), written only when asked for, is not read.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> std::io::Result<Xattrs> {
+    let mut out = Xattrs::new();
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(out);
+    };
+    for ext in exts {
+        let ext = ext?;
+        let Some(name) = ext.key_bytes().strip_prefix(PAX_XATTR.as_bytes()) else {
+            continue;
+        };
+        let name = std::str::from_utf8(name)
+            .ok()
+            .filter(|n| !n.is_empty() && !n.contains(['\0', '\n']))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "extended attribute name {:?} is not valid",
+                        String::from_utf8_lossy(name)
+                    ),
+                )
+            })?;
+        out.insert(name.to_string(), ext.value_bytes().to_vec());
+    }
+    Ok(out)
 }
 
 /// Reads a directory base with lstat: owners, modes and device numbers as on disk; nothing is
@@ -257,6 +299,7 @@ pub fn read_dir_base(
                 mode: md.mode() & 0o7777,
                 uid,
                 gid,
+                xattrs: Default::default(),
             },
         )?;
     }

@@ -1,6 +1,8 @@
 //! squashfs root image: our deterministic tar stream is piped into `mksquashfs -tar`, so owners,
-//! modes and device nodes come straight from the tree — no staging, no root, and the builder's uid
-//! never leaks in.
+//! modes, device nodes and extended attributes (the stream's PAX `SCHILY.xattr.*` records: file
+//! capabilities, SELinux labels) come straight from the tree — no staging, no root, and the
+//! builder's uid never leaks in. squashfs stores the `user.`, `trusted.` and `security.`
+//! namespaces; mksquashfs drops others (`system.*`) with a warning.
 
 use crate::error::BuildError;
 use crate::recipe::SquashComp;
@@ -35,7 +37,6 @@ pub fn build(
             "-noappend",
             "-no-progress",
             "-quiet",
-            "-no-xattrs",
             "-reproducible",
             "-comp",
             comp,

@@ -1,6 +1,8 @@
 //! A deterministic tar writer: entries in path order, fixed mtime, numeric owners from the tree,
-//! no user or group names, device nodes and hard links as entries.
+//! no user or group names, device nodes and hard links as entries, extended attributes as PAX
+//! `SCHILY.xattr.*` records (what GNU tar `--xattrs`, bsdtar and `mksquashfs -tar` read).
 
+use crate::source::PAX_XATTR;
 use crate::tree::{Kind, Tree};
 use crate::Progress;
 use std::io::{self, Write};
@@ -24,6 +26,16 @@ pub fn write_tar<W: Write>(
         h.set_gid(node.gid as u64);
         h.set_mtime(mtime);
         h.set_size(0);
+        // A hard link is its target's inode: the attributes travel once, with the target (which
+        // the tree puts first), as GNU tar writes them.
+        if !node.xattrs.is_empty() && !matches!(node.kind, Kind::Hardlink(..)) {
+            let records: Vec<(String, &[u8])> = node
+                .xattrs
+                .iter()
+                .map(|(k, v)| (format!("{PAX_XATTR}{k}"), v.as_slice()))
+                .collect();
+            b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        }
         match &node.kind {
             Kind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);

@@ -3,7 +3,7 @@
 //! contents that are referenced by path.
 
 use crate::error::BuildError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -33,6 +33,18 @@ impl Content {
         }
     }
 
+    /// Whether two contents are the same bytes from the same place: a hard link still names the
+    /// file it was made to, not a later file put at the target's path.
+    pub fn same_as(&self, other: &Content) -> bool {
+        match (self, other) {
+            (Content::Inline(a), Content::Inline(b)) => a == b,
+            (Content::Host { path: a, size: x }, Content::Host { path: b, size: y }) => {
+                a == b && x == y
+            }
+            _ => false,
+        }
+    }
+
     pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
         let mut v = Vec::with_capacity(self.size() as usize);
         self.open()?.read_to_end(&mut v)?;
@@ -40,13 +52,20 @@ impl Content {
     }
 }
 
+/// Extended attributes of an inode (`security.capability`, `security.selinux`, `user.*`, ...),
+/// by name; sorted, so every output writes them in one order.
+pub type Xattrs = BTreeMap<String, Vec<u8>>;
+
 #[derive(Debug, Clone)]
 pub enum Kind {
     Dir,
     File(Content),
     Symlink(String),
     /// A hard link to another entry of the tree (normalized path), with that entry's content so
-    /// the link survives its target being deleted or replaced by a later layer.
+    /// the link survives its target being deleted or replaced by a later layer. After
+    /// [`Tree::fix_hardlinks`] the target is a `File` whose path sorts before the link's, so
+    /// every output, written in path order, meets the target first (tar extractors and the
+    /// staging for mkfs need it there).
     Hardlink(String, Content),
     Char(u32, u32),
     Block(u32, u32),
@@ -60,16 +79,31 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Extended attributes, from PAX `SCHILY.xattr.*` records of tar and OCI sources. A hard
+    /// link carries its target's (one inode); outputs write them once, with the target.
+    pub xattrs: Xattrs,
 }
 
 impl Node {
     pub fn dir(mode: u32, uid: u32, gid: u32) -> Node {
+        Node::new(Kind::Dir, mode, uid, gid)
+    }
+
+    /// An entry without extended attributes.
+    pub fn new(kind: Kind, mode: u32, uid: u32, gid: u32) -> Node {
         Node {
-            kind: Kind::Dir,
+            kind,
             mode,
             uid,
             gid,
+            xattrs: Xattrs::new(),
         }
+    }
+
+    /// Same inode metadata (what a hard link shares with its target).
+    fn same_inode_meta(&self, other: &Node) -> bool {
+        (self.mode, self.uid, self.gid) == (other.mode, other.uid, other.gid)
+            && self.xattrs == other.xattrs
     }
 
     /// The `st_mode` file type bits of this entry.
@@ -219,27 +253,68 @@ impl Tree {
         }
     }
 
-    /// Turns hard links whose target is no longer that regular file into plain files.
+    /// Puts hard links in the shape every output relies on: each link group has one `File`, at
+    /// the group's first path in sort order, and its other paths link to that one.
+    ///
+    /// Sources name a link's target as they met it, which may sort after the link (`podman
+    /// export` writes `usr/bin/perl` as a link to `usr/bin/perl5.36.0`); outputs are written in
+    /// path order and a link before its target cannot be extracted ("Cannot hard link"). A link
+    /// whose target was deleted or replaced by a later layer keeps the content it was made to:
+    /// links that shared that old file stay one group, without the new file.
     pub fn fix_hardlinks(&mut self) {
-        let broken: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, n)| match &n.kind {
-                Kind::Hardlink(t, _) => !matches!(
-                    self.entries.get(t),
-                    Some(Node {
-                        kind: Kind::File(_),
-                        ..
-                    })
-                ),
-                _ => false,
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in broken {
-            if let Some(n) = self.entries.get_mut(&k) {
-                if let Kind::Hardlink(_, c) = &n.kind {
-                    n.kind = Kind::File(c.clone());
+        // Group key: the File path for intact links; (old target, index) for orphaned ones.
+        let mut groups: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        let mut orphans: HashMap<String, Vec<(Content, Node)>> = HashMap::new();
+        for (path, node) in &self.entries {
+            let Kind::Hardlink(t, c) = &node.kind else {
+                continue;
+            };
+            let intact = matches!(
+                self.entries.get(t),
+                Some(n @ Node { kind: Kind::File(tc), .. }) if tc.same_as(c) && n.same_inode_meta(node)
+            );
+            let key = if intact {
+                (t.clone(), 0)
+            } else {
+                let seen = orphans.entry(t.clone()).or_default();
+                let i = match seen
+                    .iter()
+                    .position(|(oc, on)| oc.same_as(c) && on.same_inode_meta(node))
+                {
+                    Some(i) => i,
+                    None => {
+                        seen.push((c.clone(), node.clone()));
+                        seen.len() - 1
+                    }
+                };
+                (t.clone(), i + 1)
+            };
+            let members = groups.entry(key.clone()).or_default();
+            if intact && members.is_empty() {
+                members.push(t.clone());
+            }
+            members.push(path.clone());
+        }
+        for (_, mut members) in groups {
+            members.sort();
+            let Some((first, rest)) = members.split_first() else {
+                continue;
+            };
+            let Some(node) = self.entries.get_mut(first) else {
+                continue;
+            };
+            let content = match &node.kind {
+                Kind::File(c) | Kind::Hardlink(_, c) => c.clone(),
+                _ => continue,
+            };
+            node.kind = Kind::File(content.clone());
+            let meta = node.clone();
+            for m in rest {
+                if let Some(n) = self.entries.get_mut(m) {
+                    *n = Node {
+                        kind: Kind::Hardlink(first.clone(), content.clone()),
+                        ..meta.clone()
+                    };
                 }
             }
         }
@@ -320,6 +395,7 @@ mod tests {
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
+                xattrs: Default::default(),
             },
         )
         .unwrap();
@@ -331,6 +407,7 @@ mod tests {
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
+                    xattrs: Default::default(),
                 },
             )
             .unwrap_err();
@@ -348,6 +425,7 @@ mod tests {
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
+                    xattrs: Default::default(),
                 },
             )
             .unwrap();
@@ -356,5 +434,88 @@ mod tests {
         assert!(t.get("a").is_some());
         assert!(t.get("a/x").is_none() && t.get("a/y").is_none());
         assert!(t.get("ab").is_some());
+    }
+
+    fn file(t: &mut Tree, path: &str, data: &[u8]) {
+        let mut n = Node::new(Kind::File(Content::Inline(data.to_vec())), 0o755, 0, 0);
+        n.xattrs
+            .insert("security.capability".into(), vec![1, 0, 0, 2]);
+        t.insert(path.into(), n).unwrap();
+    }
+
+    /// A link as a tar source adds it: the target's inode metadata, the target's content.
+    fn link(t: &mut Tree, path: &str, target: &str) {
+        let n = t.get(target).unwrap().clone();
+        let Kind::File(c) = &n.kind else { panic!() };
+        let kind = Kind::Hardlink(target.into(), c.clone());
+        t.insert(path.into(), Node { kind, ..n }).unwrap();
+    }
+
+    fn shape(t: &Tree) -> Vec<(String, String)> {
+        t.entries
+            .iter()
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(k, n)| {
+                let what = match &n.kind {
+                    Kind::File(c) => {
+                        format!("file {}", String::from_utf8_lossy(&c.read_all().unwrap()))
+                    }
+                    Kind::Hardlink(t, _) => format!("link {t}"),
+                    _ => "other".into(),
+                };
+                (k.clone(), what)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_link_group_starts_with_its_first_name() {
+        let mut t = Tree::new();
+        file(&mut t, "usr/bin/perl5.36.0", b"perl");
+        link(&mut t, "usr/bin/perl", "usr/bin/perl5.36.0");
+        link(&mut t, "a", "usr/bin/perl5.36.0");
+        t.fix_hardlinks();
+        assert_eq!(
+            shape(&t),
+            [
+                ("a".into(), "file perl".into()),
+                ("usr".into(), "other".into()),
+                ("usr/bin".into(), "other".into()),
+                ("usr/bin/perl".into(), "link a".into()),
+                ("usr/bin/perl5.36.0".into(), "link a".into()),
+            ]
+        );
+        // The inode's attributes stay with every name.
+        assert!(t
+            .entries
+            .values()
+            .filter(|n| n.type_bits() == 0o100000)
+            .all(|n| n.xattrs.len() == 1));
+    }
+
+    #[test]
+    fn links_to_a_replaced_file_keep_the_old_file_together() {
+        let mut t = Tree::new();
+        file(&mut t, "bin/x", b"old");
+        link(&mut t, "bin/y", "bin/x");
+        link(&mut t, "bin/z", "bin/x");
+        // A later layer puts a new file at the target's path; the old inode lives on as y and z.
+        t.insert(
+            "bin/x".into(),
+            Node::new(Kind::File(Content::Inline(b"new".to_vec())), 0o755, 0, 0),
+        )
+        .unwrap();
+        link(&mut t, "bin/w", "bin/x");
+        t.fix_hardlinks();
+        assert_eq!(
+            shape(&t),
+            [
+                ("bin".into(), "other".into()),
+                ("bin/w".into(), "file new".into()),
+                ("bin/x".into(), "link bin/w".into()),
+                ("bin/y".into(), "file old".into()),
+                ("bin/z".into(), "link bin/y".into()),
+            ]
+        );
     }
 }

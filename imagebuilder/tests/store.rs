@@ -251,3 +251,197 @@ fn store_limits_warn_about_memory() {
     );
     assert!(ib::check_store_limits(&site.state(), &[roomy]).is_empty());
 }
+
+#[test]
+fn gc_during_a_build_spares_it_and_removes_leftovers_whatever_their_pid() {
+    let site = Site::new();
+    site.profile("vm", PROFILE);
+    let p = ib::ProfileLayer::from(&pxeforge_site::parse_profile_text("vm", PROFILE).unwrap());
+    site.write("images/g.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\"]\n[base]\nscratch = true\n[[file]]\npath = \"/etc/motd\"\ncontents = \"one\\n\"\n");
+    let old = site.build("g", &p, false).unwrap();
+
+    // Leftovers of builds in other containers sharing the store, named as builds once were
+    // (`build-<pid>-*`): pid 1 and our own pid are alive here, yet nobody holds their lock.
+    let tmp = site.state().join("images/.tmp");
+    let leftovers = [
+        tmp.join("build-1-0123abcd"),
+        tmp.join(format!("build-{}-4567ef", std::process::id())),
+    ];
+    for l in &leftovers {
+        std::fs::create_dir_all(l.join("out")).unwrap();
+        std::fs::write(l.join("out/initramfs.img"), b"partial").unwrap();
+    }
+
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let data: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    site.write("blob.bin", &data);
+    site.write("images/g.toml", "profiles = [\"vm\"]\noutputs = [\"initramfs\"]\n[initramfs]\ncompression = \"zstd\"\n[base]\nscratch = true\n[[file]]\npath = \"/blob\"\nsource = \"blob.bin\"\n");
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/build");
+    let mut child = Command::new(&example)
+        .arg(site.dir())
+        .arg(site.state())
+        .args(["g", "vm"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let live = loop {
+        let found = std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|d| !leftovers.contains(d) && d.join("out/initramfs.img").exists());
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the build never started writing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build finished too soon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    // keep = 0: only `current` protects the old build; the running build's temporary is
+    // protected by its lock, the leftovers are not.
+    let removed = ib::store::gc(&site.state(), 0).unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    for l in &leftovers {
+        assert!(!l.exists(), "{} left behind", l.display());
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    assert!(
+        !still_running || live.is_dir(),
+        "gc removed the temporary of a running build"
+    );
+    assert!(child.wait().unwrap().success(), "the build failed");
+
+    let listed = ib::store::list(&site.state());
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let new = listed.iter().find(|i| i.is_current).unwrap();
+    assert_ne!(new.id, old.id);
+    assert!(ib::store::verify(&site.state()).unwrap().is_empty());
+    let removed = ib::store::gc(&site.state(), 0).unwrap();
+    assert_eq!(removed, [old.dir]);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn every_output_and_its_directory_are_fsynced_before_the_rename_that_publishes_them() {
+    if !pxeforge_tests::have("strace") {
+        pxeforge_tests::skip("no strace (Debian package strace): cannot watch the fsyncs");
+        return;
+    }
+    let site = Site::new();
+    site.profile("vm", PROFILE);
+    site.write("vmlinuz", b"not really a kernel, the ESP takes any file");
+    site.write("images/f.toml", format!("profiles = [\"vm\"]\noutputs = [{ALL}]\n[base]\nscratch = true\n[kernel]\nfile = \"vmlinuz\"\n[[file]]\npath = \"/etc/motd\"\ncontents = \"hi\\n\"\n"));
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/build");
+    let log = site.dir().join("strace.log");
+    // -y prints the path behind every fd, so each fsync names what it made durable.
+    run_ok(
+        Command::new("strace")
+            .args([
+                "-f",
+                "-y",
+                "-qq",
+                "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2",
+                "-o",
+            ])
+            .arg(&log)
+            .arg(&example)
+            .arg(site.dir())
+            .arg(site.state())
+            .args(["f", "vm"]),
+    );
+    let listed = ib::store::list(&site.state());
+    assert_eq!(listed.len(), 1);
+    let item = &listed[0];
+    let trace = std::fs::read_to_string(&log).unwrap();
+    // "fsync(3</abs/path>) = 0" → path; "rename("from", "to") = 0" → (from, to).
+    let events: Vec<(&str, String, String)> = trace
+        .lines()
+        .filter(|l| l.ends_with("= 0"))
+        .filter_map(|l| {
+            let call = l.split_once(' ').map_or(l, |(_, c)| c);
+            if let Some(rest) = call
+                .strip_prefix("fsync(")
+                .or(call.strip_prefix("fdatasync("))
+            {
+                let p = rest.split_once('<')?.1.split_once(">)")?.0;
+                Some(("fsync", p.to_string(), String::new()))
+            } else if call.starts_with("rename") {
+                let q: Vec<&str> = call.split('"').collect();
+                Some((
+                    "rename",
+                    q.get(q.len().checked_sub(4)?)?.to_string(),
+                    q[q.len() - 2].to_string(),
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let abs = |p: &str| std::path::absolute(p).unwrap();
+    let publish = events
+        .iter()
+        .position(|(k, _, to)| *k == "rename" && abs(to) == abs(item.dir.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no rename to {}:\n{trace}", item.dir.display()));
+    let out = abs(&events[publish].1);
+    assert!(out.ends_with("out"), "{}", out.display());
+    let fsynced_before = |p: &std::path::Path| {
+        events[..publish]
+            .iter()
+            .any(|(k, f, _)| *k == "fsync" && std::path::Path::new(f) == p)
+    };
+    let mut files: Vec<String> = item.outputs.iter().map(|o| o.file.clone()).collect();
+    files.extend(["manifest.json".to_string(), "SHA256SUMS".to_string()]);
+    for f in [
+        "disk.qcow2",
+        "root.squashfs",
+        "root.ext4",
+        "root.tar.gz",
+        "initramfs.img",
+    ] {
+        assert!(files.iter().any(|x| x == f), "{f} not among {files:?}");
+    }
+    for f in &files {
+        assert!(
+            fsynced_before(&out.join(f)),
+            "{f} not fsynced before the rename:\n{trace}"
+        );
+    }
+    assert!(
+        fsynced_before(&out),
+        "out/ not fsynced before the rename:\n{trace}"
+    );
+    let key_dir = item.dir.parent().unwrap();
+    assert!(
+        events[publish..]
+            .iter()
+            .any(|(k, f, _)| *k == "fsync" && std::path::Path::new(f) == key_dir),
+        "{} not fsynced after the rename:\n{trace}",
+        key_dir.display()
+    );
+}

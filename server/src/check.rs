@@ -3,7 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::Overrides;
-use crate::render::{render_bootstrap, render_ipxe, render_kickstart, KsAccess, TOKEN_PLACEHOLDER};
+use crate::render::{render_bootstrap, render_ipxe, render_kickstart, TOKEN_PLACEHOLDER};
 use crate::select::{self, BuildScript, Facts, KickstartChoice, ScriptChoice};
 use anyhow::{anyhow, bail, Result};
 use pxeforge_site::{BootMethod, Diagnostic, Mac, Severity};
@@ -87,8 +87,9 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
             continue;
         }
         if select::has_kickstart(profile) && host.install {
-            let ks = KsAccess::Token(TOKEN_PLACEHOLDER);
-            if let Err(e) = render_kickstart(cat, &base, host, profile, mac, None, ks) {
+            if let Err(e) =
+                render_kickstart(cat, &base, host, profile, mac, None, TOKEN_PLACEHOLDER)
+            {
                 fail(
                     &host.origin,
                     format!("host {:?}: kickstart: {e}", host.name),
@@ -114,6 +115,7 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
     for profile in site.profiles.values().filter(|p| !p.match_rules.is_empty()) {
         let mac = Mac([0x02, 0, 0, 0, 0, 2]);
         let origin = format!("{}:0", profile.file.display());
+        // Before approval: what an unknown machine gets.
         let choice = ScriptChoice::Matched { profile, mac };
         if let Err(e) = render_ipxe(cat, &base, &choice, &unknown) {
             fail(
@@ -121,13 +123,32 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
                 format!("profile {:?} (matched machine): {e}", profile.name),
             );
         }
+        // Once approved: a host of the profile.
+        let host = select::approved_host(
+            &select::default_name(mac),
+            &profile.name,
+            mac,
+            origin.clone(),
+        );
+        let choice = ScriptChoice::Host {
+            host: &host,
+            profile,
+            build: select::BuildScript::Untracked,
+        };
+        if let Err(e) = render_ipxe(cat, &base, &choice, &unknown) {
+            fail(
+                &origin,
+                format!("profile {:?} (approved machine): {e}", profile.name),
+            );
+        }
         if select::has_kickstart(profile) {
-            let host = select::matched_host(profile, mac);
-            if let Err(e) = render_kickstart(cat, &base, &host, profile, mac, None, KsAccess::Mac) {
+            if let Err(e) =
+                render_kickstart(cat, &base, &host, profile, mac, None, TOKEN_PLACEHOLDER)
+            {
                 fail(
                     &origin,
                     format!(
-                        "profile {:?} (matched machine) kickstart: {e}",
+                        "profile {:?} (approved machine) kickstart: {e}",
                         profile.name
                     ),
                 );
@@ -162,6 +183,13 @@ pub fn check(site_dir: &Path) -> usize {
                     String::new()
                 }
             );
+            // Zero-touch is a choice an operator must see: these wipe unknown machines.
+            for p in site.site.profiles.values().filter(|p| p.auto_install) {
+                println!(
+                    "profile {}: auto_install = true: an unknown machine its match rules claim is installed without approval",
+                    p.name
+                );
+            }
             0
         }
         Err(errs) => {
@@ -212,31 +240,42 @@ pub fn render_one(
                 platform: platform.map(str::to_string),
                 ..Default::default()
             };
-            let choice = select::select(&cat.site, &facts);
+            let claims = offline_claims(&cat.config.state);
+            let choice = select::select(&cat.site, &claims, &facts);
             Ok(render_ipxe(&cat, &base, &choice, &facts)?)
         }
         What::Kickstart => {
             let mac = mac()?;
-            let claimed = || crate::events::claimed_profile(&cat.config.state, mac);
-            match select::select_kickstart(&cat.site, mac, claimed) {
+            let claims = offline_claims(&cat.config.state);
+            match select::select_kickstart(&cat.site, &claims, mac) {
                 // What a host's installer is served, with `TOKEN` where its build's token goes.
-                KickstartChoice::Host { host, profile } => {
-                    let ks = KsAccess::Token(TOKEN_PLACEHOLDER);
-                    Ok(render_kickstart(&cat, &base, host, profile, mac, None, ks)?)
-                }
-                KickstartChoice::Claimed { host, profile } => {
-                    let ks = KsAccess::Mac;
-                    Ok(render_kickstart(&cat, &base, &host, profile, mac, None, ks)?)
-                }
+                KickstartChoice::Host { host, profile } => Ok(render_kickstart(
+                    &cat,
+                    &base,
+                    host,
+                    profile,
+                    mac,
+                    None,
+                    TOKEN_PLACEHOLDER,
+                )?),
                 KickstartChoice::NotInstalled { host } => bail!(
                     "host {} is not installed from a kickstart (install = false or profile boot = {:?})",
                     host.name,
                     cat.site.profiles.get(&host.profile).map(|p| p.boot)
                 ),
                 KickstartChoice::Unknown => {
-                    bail!("no host with MAC {mac} in {}, and no profile claimed it", site_dir.display())
+                    bail!("no host with MAC {mac} in {}, and no machine approved with it", site_dir.display())
                 }
             }
         }
+    }
+}
+
+/// The approved and rejected machines in the state directory's build-state store, read without
+/// creating or changing it (`render` must not write); none when there is no store.
+fn offline_claims(state: &Path) -> select::Claims {
+    match crate::buildstate::claims_read_only(&state.join("buildstate.db")) {
+        Ok(rows) => crate::buildstate::claims_of(&rows),
+        Err(_) => select::Claims::default(),
     }
 }

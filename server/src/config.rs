@@ -37,6 +37,12 @@ pub struct Overrides {
     /// Disable TFTP
     #[arg(long)]
     pub no_tftp: bool,
+    /// Admin API listen address (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// Started as root: the user to become once every port is bound (server.user)
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
     /// HTTP worker threads (default: one per CPU)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_workers: Option<u16>,
@@ -104,6 +110,27 @@ pub struct Config {
     pub dhcp_interface: Option<String>,
     pub base_url: BaseUrl,
     pub http_workers: Option<u16>,
+    pub admin: AdminConfig,
+}
+
+/// The admin listener, with its paths resolved.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Absolute: a relative `admin.token_file` is under the state directory.
+    pub token_file: PathBuf,
+    /// Certificate chain and key (PEM), absolute.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub allow_plain_remote: bool,
+    pub metrics_on_boot_listener: bool,
+}
+
+impl AdminConfig {
+    /// `http://ADDR` or `https://ADDR`: where the operator commands reach the API.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.listen)
+    }
 }
 
 impl Config {
@@ -124,6 +151,22 @@ impl Config {
                 offline: format!("http://{http}"),
             },
         };
+        let state = o
+            .state
+            .clone()
+            .unwrap_or_else(|| site.path(&s.server.state_dir));
+        let a = &s.admin;
+        let admin = AdminConfig {
+            listen: o.admin.unwrap_or(a.listen),
+            token_file: state.join(&a.token_file),
+            tls: a
+                .tls_cert
+                .as_ref()
+                .zip(a.tls_key.as_ref())
+                .map(|(c, k)| (site.path(c), site.path(k))),
+            allow_plain_remote: a.allow_plain_remote,
+            metrics_on_boot_listener: a.metrics_on_boot_listener,
+        };
         Config {
             http,
             tftp: if o.no_tftp || !s.tftp.enabled && o.tftp.is_none() {
@@ -139,14 +182,12 @@ impl Config {
                 .assets
                 .clone()
                 .unwrap_or_else(|| site.path(&s.server.assets_dir)),
-            state: o
-                .state
-                .clone()
-                .unwrap_or_else(|| site.path(&s.server.state_dir)),
+            state,
             dhcp: o.dhcp.unwrap_or(s.dhcp.mode),
             dhcp_interface: iface,
             base_url,
             http_workers: o.http_workers,
+            admin,
         }
     }
 

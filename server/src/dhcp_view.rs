@@ -5,6 +5,7 @@ use crate::config::Config;
 use pxeforge_dhcp as dhcp;
 use pxeforge_site::settings::DhcpMode;
 use pxeforge_site::BootMethod;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub fn compile(cat: &Catalog) -> dhcp::DhcpSite {
     let site = &cat.site;
@@ -33,19 +34,35 @@ pub fn compile(cat: &Catalog) -> dhcp::DhcpSite {
     dhcp::DhcpSite {
         hosts,
         boot_files: s.boot_files.clone(),
-        pool: s.pool.as_ref().map(|p| dhcp::Pool {
-            start: p.start,
-            end: p.end,
-            prefix: p.prefix,
-            router: p.router,
-            dns: p.dns.clone(),
-            domain: p.domain.clone(),
-        }),
+        pools: s
+            .subnets()
+            .iter()
+            .filter_map(|sn| {
+                // Validated at load; a subnet that does not parse cannot be served.
+                let (_, prefix) = sn.parse_network()?;
+                Some(dhcp::Pool {
+                    start: sn.start,
+                    end: sn.end,
+                    prefix,
+                    router: sn.router,
+                    dns: sn.dns.clone(),
+                    domain: sn.domain.clone(),
+                })
+            })
+            .collect(),
         lease_time_secs: s.lease_time_secs,
+        offer_hold_secs: s.offer_hold_secs.max(1),
+        ping_check: s.ping_check,
+        ping_timeout_ms: s.ping_timeout_ms.max(1),
+        peers: s.peers.clone(),
         base_url: cat.config.base_url.fixed().map(str::to_string),
         http_port: cat.config.http.port(),
+        // Every compile may change hosts or pools: the lease index is rebuilt for it.
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     }
 }
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 pub fn config(eff: &Config) -> dhcp::DhcpConfig {
     let mode = match eff.dhcp {

@@ -104,6 +104,8 @@ struct Inner {
 pub struct EventStore {
     inner: Mutex<Inner>,
     limits: RwLock<LimitsSource>,
+    /// Where a corrupt file found at open was moved.
+    moved_aside: Option<std::path::PathBuf>,
 }
 
 impl EventStore {
@@ -115,24 +117,25 @@ impl EventStore {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS events (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                mac TEXT NOT NULL, host TEXT, stage TEXT NOT NULL, status TEXT NOT NULL,
-                message TEXT NOT NULL, at INTEGER NOT NULL, remote TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-             CREATE TABLE IF NOT EXISTS discovered (
-                mac TEXT PRIMARY KEY, profile TEXT, facts TEXT NOT NULL, seen_at INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS discovered_seen ON discovered(seen_at);",
-        )
+        // Real corruption moves the file aside (a bad block must not stop every service);
+        // anything else is an error for the operator.
+        let opened = pxeforge_sqlitefile::open(path, |conn| {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    mac TEXT NOT NULL, host TEXT, stage TEXT NOT NULL, status TEXT NOT NULL,
+                    message TEXT NOT NULL, at INTEGER NOT NULL, remote TEXT NOT NULL);
+                 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
+                 CREATE TABLE IF NOT EXISTS discovered (
+                    mac TEXT PRIMARY KEY, profile TEXT, facts TEXT NOT NULL, seen_at INTEGER NOT NULL);
+                 CREATE INDEX IF NOT EXISTS discovered_seen ON discovered(seen_at);",
+            )
+        })
         .map_err(open_err)?;
+        let conn = opened.conn;
         let defaults = Limits::default();
         Ok(EventStore {
             inner: Mutex::new(Inner {
@@ -141,7 +144,13 @@ impl EventStore {
                 enforced: None,
             }),
             limits: RwLock::new(Arc::new(move || defaults)),
+            moved_aside: opened.moved_aside,
         })
+    }
+
+    /// Where a corrupt store found at open was moved (`NAME.corrupt-TIMESTAMP`).
+    pub fn moved_aside(&self) -> Option<&Path> {
+        self.moved_aside.as_deref()
     }
 
     /// Fixed limits (tests, tools).
@@ -263,6 +272,37 @@ impl EventStore {
             out.insert(e.mac.clone(), e);
         }
         Ok(out)
+    }
+
+    /// Events with an id above `after`, oldest first: of `macs` only when given (for
+    /// `pxeforge events --follow`, which asks again from the last id it saw).
+    pub fn after(
+        &self,
+        macs: Option<&[String]>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, EventsError> {
+        let g = self.inner()?;
+        let rows = match macs {
+            None => {
+                let mut st = g.conn.prepare(
+                    "SELECT id, mac, host, stage, status, message, at, remote FROM events
+                     WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![after, limit], row_to_event)?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            }
+            Some(macs) => {
+                let mut st = g.conn.prepare(
+                    "SELECT id, mac, host, stage, status, message, at, remote FROM events
+                     WHERE id > ?1 AND mac IN (SELECT value FROM json_each(?2))
+                     ORDER BY id LIMIT ?3",
+                )?;
+                let rows = st.query_map(params![after, json_list(macs), limit], row_to_event)?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(rows)
     }
 
     pub fn for_mac(&self, mac: &str, limit: u32) -> Result<Vec<Event>, EventsError> {
@@ -479,23 +519,6 @@ fn cap_facts(facts: &str) -> std::borrow::Cow<'_, str> {
 /// A JSON array of strings, for `json_each` (a list of any length as one parameter).
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
-}
-
-/// The profile that claimed an unknown machine, read from the event store in `state` without
-/// creating or changing it (for `pxeforge render`, which must not write).
-pub fn claimed_profile(state: &Path, mac: pxeforge_site::Mac) -> Option<String> {
-    let path = state.join("events.db");
-    let conn =
-        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.query_row(
-        "SELECT profile FROM discovered WHERE mac = ?1",
-        params![mac.to_string()],
-        |r| r.get::<_, Option<String>>(0),
-    )
-    .optional()
-    .ok()
-    .flatten()
-    .flatten()
 }
 
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Event> {

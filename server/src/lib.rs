@@ -12,10 +12,12 @@
 //! 7. `serve`, `dhcp_view`, `build_cmd`: the long-running service (HTTP, TFTP, DHCP in one
 //!    process) and the image commands.
 
+pub mod admin;
 pub mod build_cmd;
 pub mod buildstate;
 pub mod catalog;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod contexts;
 pub mod dhcp_view;
@@ -24,6 +26,8 @@ pub mod handlers;
 pub mod images;
 pub mod lifecycle;
 pub mod metrics;
+pub mod operate;
+pub mod privileges;
 pub mod ratelimit;
 pub mod reinstall_cmd;
 pub mod render;

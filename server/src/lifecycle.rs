@@ -58,6 +58,47 @@ pub struct Record {
     /// The host's and its profile's `generation` when it was last armed or adopted.
     pub host_generation: u64,
     pub profile_generation: u64,
+    /// When the install script was last served (0: never in this build): an armed host that
+    /// was sent it is starting its install, and counts against `install.max_installing`.
+    pub served_at: i64,
+    /// The token and status of the event that ended the last build (`finished`, `failed`): an
+    /// installer that did not see the answer (the server was killed between the change and its
+    /// answer) sends it again, and is answered the same, with nothing changed.
+    pub spent_token: Option<String>,
+    pub spent_status: Option<String>,
+}
+
+impl Record {
+    /// A first record: `host` in `state`, with no build under way.
+    pub fn new(host: &str, state: State) -> Record {
+        Record {
+            host: host.to_string(),
+            state,
+            token: None,
+            token_at: 0,
+            bound: None,
+            boot_mac: None,
+            platform: None,
+            host_generation: 0,
+            profile_generation: 0,
+            served_at: 0,
+            spent_token: None,
+            spent_status: None,
+        }
+    }
+}
+
+/// How long an armed host that was sent its install script counts as an install under way
+/// before its installer fetches the kickstart (firmware, iPXE, kernel and initrd downloads).
+pub const START_WINDOW_SECS: i64 = 15 * 60;
+
+/// Whether `r` is an install under way at `now`, as `install.max_installing` counts them.
+pub fn in_flight(r: &Record, now: i64) -> bool {
+    match r.state {
+        State::Installing => true,
+        State::Armed => r.served_at > 0 && now.saturating_sub(r.served_at) < START_WINDOW_SECS,
+        _ => false,
+    }
 }
 
 /// A change of state, with why and from where: every transition is recorded.
@@ -112,13 +153,6 @@ pub fn reconcile(
             Some(_) => continue,
         };
         let record = Record {
-            host: h.name.clone(),
-            state: to,
-            token: None,
-            token_at: 0,
-            bound: None,
-            boot_mac: None,
-            platform: None,
             // Lowering a generation never arms: the recorded value only goes up.
             host_generation: existing.as_ref().map_or(h.host_generation, |r| {
                 r.host_generation.max(h.host_generation)
@@ -126,6 +160,7 @@ pub fn reconcile(
             profile_generation: existing.as_ref().map_or(h.profile_generation, |r| {
                 r.profile_generation.max(h.profile_generation)
             }),
+            ..Record::new(&h.name, to)
         };
         out.push((
             record,
@@ -148,6 +183,8 @@ pub enum Script {
     Install { token: String },
     /// The local-boot script.
     Local,
+    /// Armed, but `install.max_installing` installs are under way: wait and ask again.
+    Wait,
 }
 
 /// Limits and policy of the lifecycle (`install.*`).
@@ -164,13 +201,16 @@ fn expired(r: &Record, now: i64, p: &Policy) -> bool {
 /// `/ipxe` for a host with record `r`: the script, and the new record when it changes. Serving a
 /// script changes nothing, except for what the script request reveals: an installing host that
 /// boots from the network again has not finished, and a token past its lifetime is dead.
-/// `fresh_token` makes a token when the policy re-arms.
+/// `fresh_token` makes a token when the policy re-arms. `room`: whether another install may
+/// start now (`install.max_installing`); without it an armed host waits, and nothing about it
+/// changes but what the request revealed.
 pub fn on_script(
     r: &Record,
     now: i64,
     p: &Policy,
     source: &str,
     fresh_token: &mut dyn FnMut() -> String,
+    room: bool,
 ) -> (Script, Option<(Record, Vec<Transition>)>) {
     let mut changes = Vec::new();
     let mut rec = r.clone();
@@ -192,13 +232,26 @@ pub fn on_script(
             fresh_token,
         ));
     }
+    // An armed host that already started (it was sent its script within the start window)
+    // keeps its slot: a retry of the same boot must not be told to wait.
+    let room = room || in_flight(&rec, now);
+    if rec.state == State::Armed && !room {
+        let changed = (rec != *r).then_some((rec, changes));
+        return (Script::Wait, changed);
+    }
     if rec.state == State::Armed && rec.token.is_none() {
         // Armed by a load or a command, which make no token: the first script request does.
         rec.token = Some(fresh_token());
         rec.token_at = now;
     }
     let script = match (&rec.state, &rec.token) {
-        (State::Armed, Some(t)) => Script::Install { token: t.clone() },
+        (State::Armed, Some(t)) => {
+            // Once per start window, not per request: a retry of the same boot writes nothing.
+            if !in_flight(&rec, now) {
+                rec.served_at = now;
+            }
+            Script::Install { token: t.clone() }
+        }
         _ => Script::Local,
     };
     let changed = (rec != *r).then_some((rec, changes));
@@ -299,6 +352,9 @@ pub fn on_event(
     p: &Policy,
     fresh_token: &mut dyn FnMut() -> String,
 ) -> Option<(Record, Vec<Transition>)> {
+    if token_matches(r.spent_token.as_deref(), token) && r.spent_status.as_deref() == Some(status) {
+        return Some((r.clone(), Vec::new()));
+    }
     if !token_matches(r.token.as_deref(), token) || expired(r, now, p) {
         return None;
     }
@@ -307,6 +363,10 @@ pub fn on_event(
     }
     let mut rec = r.clone();
     let mut changes = Vec::new();
+    if matches!(status, "finished" | "failed") {
+        rec.spent_token = r.token.clone();
+        rec.spent_status = Some(status.to_string());
+    }
     match status {
         "finished" => {
             rec.token = None;
@@ -339,8 +399,54 @@ pub fn rearm(r: &Record, source: &str) -> (Record, Transition) {
     let mut rec = r.clone();
     rec.token = None;
     rec.bound = None;
+    rec.served_at = 0;
+    rec.spent_token = None;
+    rec.spent_status = None;
     let t = move_to(&mut rec, State::Armed, "pxeforge reinstall", source);
     (rec, t)
+}
+
+/// `pxeforge hosts cancel`: an armed or installing host goes back to its local disk, its token
+/// dead. `None`: there is no install to cancel.
+pub fn cancel(r: &Record, source: &str) -> Option<(Record, Transition)> {
+    if !matches!(r.state, State::Armed | State::Installing) {
+        return None;
+    }
+    let mut rec = r.clone();
+    rec.token = None;
+    rec.bound = None;
+    rec.served_at = 0;
+    let t = move_to(
+        &mut rec,
+        State::Installed,
+        "install cancelled by an operator",
+        source,
+    );
+    Some((rec, t))
+}
+
+/// The first record of a machine an operator approved (`armed`: it installs) or adopted
+/// (`installed`: it keeps its disk).
+pub fn approved(host: &str, install: bool, source: &str) -> (Record, Transition) {
+    let to = if install {
+        State::Armed
+    } else {
+        State::Installed
+    };
+    let cause = if install {
+        "approved: installs at its next network boot"
+    } else {
+        "adopted: keeps its disk"
+    };
+    let record = Record::new(host, to);
+    let t = Transition {
+        host: host.to_string(),
+        from: None,
+        to,
+        cause: cause.into(),
+        source: source.into(),
+    };
+    (record, t)
 }
 
 #[cfg(test)]
@@ -349,15 +455,9 @@ mod tests {
 
     fn rec(state: State, token: Option<&str>) -> Record {
         Record {
-            host: "h".into(),
-            state,
             token: token.map(str::to_string),
             token_at: 1000,
-            bound: None,
-            boot_mac: None,
-            platform: None,
-            host_generation: 0,
-            profile_generation: 0,
+            ..Record::new("h", state)
         }
     }
 
@@ -377,11 +477,11 @@ mod tests {
     #[test]
     fn a_whole_build() {
         let r = rec(State::Armed, None);
-        let (s, ch) = on_script(&r, 1000, &P, "10.0.0.5", &mut tok());
+        let (s, ch) = on_script(&r, 1000, &P, "10.0.0.5", &mut tok(), true);
         assert_eq!(s, Script::Install { token: "t1".into() });
         let r = ch.expect("token made").0;
         // Serving the script again changes nothing.
-        let (s2, ch2) = on_script(&r, 1001, &P, "10.0.0.5", &mut tok());
+        let (s2, ch2) = on_script(&r, 1001, &P, "10.0.0.5", &mut tok(), true);
         assert_eq!(s2, s);
         assert!(ch2.is_none());
         assert_eq!(
@@ -400,8 +500,63 @@ mod tests {
         let (r, t) = on_event(&r, "t1", "finished", "10.0.0.9", 1004, &P, &mut tok()).expect("ok");
         assert_eq!(r.state, State::Installed);
         assert_eq!(t[0].to, State::Installed);
-        assert_eq!(on_script(&r, 1005, &P, "x", &mut tok()).0, Script::Local);
+        assert_eq!(
+            on_script(&r, 1005, &P, "x", &mut tok(), true).0,
+            Script::Local
+        );
         assert!(on_event(&r, "t1", "finished", "x", 1006, &P, &mut tok()).is_none());
+    }
+
+    #[test]
+    fn without_room_an_armed_host_waits_and_a_started_one_keeps_its_slot() {
+        let r = rec(State::Armed, None);
+        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), false);
+        assert_eq!(s, Script::Wait);
+        assert!(ch.is_none(), "waiting makes no token and changes nothing");
+        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), true);
+        assert_eq!(s, Script::Install { token: "t1".into() });
+        let r = ch.expect("token and start").0;
+        assert_eq!(r.served_at, 1000);
+        assert!(in_flight(&r, 1000 + START_WINDOW_SECS - 1));
+        assert!(!in_flight(&r, 1000 + START_WINDOW_SECS));
+        // The same boot asking again is not told to wait, though the cap is now full.
+        let (s, _) = on_script(&r, 1010, &P, "x", &mut tok(), false);
+        assert_eq!(s, Script::Install { token: "t1".into() });
+        // Past the window, it is a new start and needs room again.
+        let (s, _) = on_script(&r, 1000 + START_WINDOW_SECS, &P, "x", &mut tok(), false);
+        assert_eq!(s, Script::Wait);
+    }
+
+    #[test]
+    fn the_last_event_sent_again_is_answered_the_same_and_changes_nothing() {
+        let r = rec(State::Installing, Some("t"));
+        let (done, _) = on_event(&r, "t", "finished", "x", 1001, &P, &mut tok()).expect("ok");
+        assert_eq!(
+            (done.state, done.token.as_deref()),
+            (State::Installed, None)
+        );
+        // The answer was lost: the installer sends it again.
+        let (again, ts) =
+            on_event(&done, "t", "finished", "x", 1002, &P, &mut tok()).expect("accepted again");
+        assert_eq!(again, done);
+        assert!(ts.is_empty());
+        // Only that event, with that token.
+        assert!(on_event(&done, "t", "failed", "x", 1002, &P, &mut tok()).is_none());
+        assert!(on_event(&done, "t", "progress", "x", 1002, &P, &mut tok()).is_none());
+        assert!(on_event(&done, "u", "finished", "x", 1002, &P, &mut tok()).is_none());
+        // A new build forgets it.
+        let (armed, _) = rearm(&done, "op");
+        assert!(on_event(&armed, "t", "finished", "x", 1003, &P, &mut tok()).is_none());
+    }
+
+    #[test]
+    fn cancel_only_stops_an_install() {
+        let r = rec(State::Installing, Some("t"));
+        let (c, t) = cancel(&r, "op").expect("cancelled");
+        assert_eq!((c.state, c.token.as_deref()), (State::Installed, None));
+        assert_eq!(t.from, Some(State::Installing));
+        assert!(cancel(&c, "op").is_none());
+        assert!(cancel(&rec(State::Failed, None), "op").is_none());
     }
 
     #[test]
@@ -425,14 +580,14 @@ mod tests {
     #[test]
     fn a_network_boot_while_installing_fails_then_policy_decides() {
         let r = rec(State::Installing, Some("t"));
-        let (s, ch) = on_script(&r, 1001, &P, "x", &mut tok());
+        let (s, ch) = on_script(&r, 1001, &P, "x", &mut tok(), true);
         assert_eq!(s, Script::Local);
         assert_eq!(ch.expect("failed").0.state, State::Failed);
         let rearm = Policy {
             on_failure: OnFailure::Rearm,
             ..P
         };
-        let (s, ch) = on_script(&r, 1001, &rearm, "x", &mut tok());
+        let (s, ch) = on_script(&r, 1001, &rearm, "x", &mut tok(), true);
         assert_eq!(s, Script::Install { token: "t1".into() });
         let (rec2, ts) = ch.expect("rearmed");
         assert_eq!(rec2.state, State::Armed);
@@ -442,7 +597,7 @@ mod tests {
     #[test]
     fn tokens_expire() {
         let r = rec(State::Armed, Some("t"));
-        let (s, ch) = on_script(&r, 1000 + 86401, &P, "x", &mut tok());
+        let (s, ch) = on_script(&r, 1000 + 86401, &P, "x", &mut tok(), true);
         assert_eq!(s, Script::Local);
         assert_eq!(ch.expect("failed").0.state, State::Failed);
         assert_eq!(

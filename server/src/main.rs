@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use pxeforge_server::{build_cmd, check, config, serve};
+use pxeforge_server::{build_cmd, check, cli, config, serve};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,7 +18,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "PXE/iPXE boot server and image builder for CentOS Stream fleets",
     long_about = "pxeforge serves network boots (proxyDHCP or reservation DHCP, TFTP, HTTP iPXE scripts, \
                   kickstarts, assets and images) from a site directory of TOML profiles and hosts, and \
-                  builds the images it serves."
+                  builds the images it serves.\n\n\
+                  `serve` also runs the admin API on a listener of its own (the [admin] settings, \
+                  default 127.0.0.1:8081, a bearer token in the state directory). The operator's \
+                  commands hosts, events, pause, resume and reinstall are its clients: they find it \
+                  through --site's pxeforge.toml, or --server URL and --token-file PATH \
+                  (PXEFORGE_ADMIN_URL, PXEFORGE_ADMIN_TOKEN_FILE)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,8 +70,25 @@ enum Command {
     },
     /// Build images (images/NAME.toml) for their hardware profiles and publish them atomically
     Build(build_cmd::BuildArgs),
-    /// Arm hosts to be installed again at their next network boot
+    /// Arm hosts to be installed again at their next network boot (admin API, or --state offline)
+    #[command(long_about = pxeforge_server::reinstall_cmd::LONG_ABOUT)]
     Reinstall(pxeforge_server::reinstall_cmd::ReinstallArgs),
+    /// List hosts and discovered machines; show, approve, adopt, reject or cancel one (admin API)
+    #[command(long_about = cli::HOSTS_LONG_ABOUT)]
+    Hosts(cli::HostsArgs),
+    /// Print install and discovery events, or follow them as they arrive (admin API)
+    #[command(long_about = cli::EVENTS_LONG_ABOUT)]
+    Events(cli::EventsArgs),
+    /// Pause installs: every host that would install boots its local disk instead (admin API)
+    #[command(
+        long_about = "Pause installs: from now on every host that would install (armed, or \
+                      claimed by a match rule) gets its local-disk script instead, and keeps its \
+                      state, until `pxeforge resume`. Installs already under way go on. For a \
+                      bad image or kickstart found while a rack is re-imaging."
+    )]
+    Pause(cli::PauseArgs),
+    /// Resume installs after `pxeforge pause` (admin API)
+    Resume(cli::PauseArgs),
     /// Inspect the image store: list, verify checksums, collect old builds
     Images(build_cmd::ImagesArgs),
     /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
@@ -137,10 +159,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build_cmd::build(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reinstall(args) => {
-            pxeforge_server::reinstall_cmd::reinstall(&args)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Reinstall(args) => pxeforge_server::reinstall_cmd::reinstall(&args),
+        Command::Hosts(args) => cli::hosts(&args),
+        Command::Events(args) => cli::events(&args),
+        Command::Pause(args) => cli::pause(&args.admin, true),
+        Command::Resume(args) => cli::pause(&args.admin, false),
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
         Command::VmTest(args) => Ok(ExitCode::from(
             pxeforge_vmtest::run(&args)?.clamp(0, 255) as u8

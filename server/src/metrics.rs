@@ -24,6 +24,11 @@ pub struct Metrics {
     connections_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed `accept` calls, by reason (`EMFILE`, `ENFILE`, ...).
     accept_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections closed at the connection cap to make room, by what they were doing
+    /// (`fresh`: nothing sent yet; `idle`: a keep-alive connection between requests).
+    connections_evicted: Mutex<BTreeMap<&'static str, u64>>,
+    /// Stores found corrupt and moved aside, by store (`events`).
+    moved_aside: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump(m: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -41,6 +46,10 @@ impl Metrics {
             };
             *by_status.entry(status).or_default() += 1;
         }
+    }
+
+    pub fn moved_aside(&self, store: &'static str) {
+        bump(&self.moved_aside, store);
     }
 
     pub fn script(&self, outcome: &'static str) {
@@ -72,6 +81,11 @@ impl Metrics {
                 &self.connections_refused,
             ),
             (
+                "pxeforge_http_connections_evicted_total",
+                "HTTP connections closed at the connection cap to make room for a new one, by what they were doing (fresh: nothing sent; idle: between requests).",
+                &self.connections_evicted,
+            ),
+            (
                 "pxeforge_http_accept_failures_total",
                 "Failed accepts of HTTP connections (EMFILE: out of descriptors), by reason.",
                 &self.accept_failures,
@@ -82,6 +96,16 @@ impl Metrics {
                 for (reason, n) in m.iter() {
                     f.sample(&[("reason", reason)], *n);
                 }
+            }
+        }
+        let mut aside = w.family(
+            "pxeforge_state_moved_aside_total",
+            Kind::Counter,
+            "Stores found corrupt at start and moved aside as NAME.corrupt-TIMESTAMP, by store.",
+        );
+        if let Ok(m) = self.moved_aside.lock() {
+            for (store, n) in m.iter() {
+                aside.sample(&[("store", store)], *n);
             }
         }
         let mut scripts = w.family(
@@ -141,6 +165,10 @@ impl pxeforge_httpd::Observer for Metrics {
 
     fn accept_failed(&self, reason: &'static str) {
         bump(&self.accept_failures, reason);
+    }
+
+    fn connection_evicted(&self, state: &'static str) {
+        bump(&self.connections_evicted, state);
     }
 }
 

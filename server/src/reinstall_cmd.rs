@@ -1,18 +1,32 @@
-//! `pxeforge reinstall`: arm hosts again, in the state store a running server reads at every
-//! request (so no restart is needed).
+//! `pxeforge reinstall`: arm hosts again. Normally a client of the running server's admin API
+//! (`POST /api/reinstall`, see `cli`); with `--state DIR` it writes that state store itself, for
+//! when no server runs (a running one reads the store at every request, so it sees the change).
 
 use crate::buildstate::{self, BuildState};
+use crate::cli::{self, AdminArgs, Selection};
 use crate::config::Overrides;
-use crate::lifecycle::{self, State};
+use crate::lifecycle::State;
 use anyhow::{anyhow, bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The long help of `pxeforge reinstall` (main.rs puts it on the command).
+pub const LONG_ABOUT: &str = "Arm hosts: each installs at its next network boot (the install script with a \
+                  new build token), then boots its local disk again.\n\n\
+                  Asks the running server through its admin API (see --server, --token-file). \
+                  Naming hosts arms them at once; a whole profile or the whole site needs --yes: \
+                  without it, the command prints what it would arm, changes nothing and exits 1.\n\n\
+                  With --state DIR it works offline instead: it writes the build-state store in \
+                  DIR itself, as it did before the admin API (for a server that is not running; \
+                  one that runs on DIR sees the change at its next request).";
 
 #[derive(Debug, clap::Args)]
 pub struct ReinstallArgs {
-    /// Hosts to arm (their names in hosts/*.toml)
+    /// Hosts to arm (their names in hosts/*.toml, or approved hosts)
+    #[arg(value_name = "NAME", conflicts_with_all = ["profile", "all"])]
     pub hosts: Vec<String>,
     /// Arm every installable host of this profile (needs --yes)
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
     pub profile: Option<String>,
     /// Arm every installable host of the site (needs --yes)
     #[arg(long)]
@@ -20,66 +34,69 @@ pub struct ReinstallArgs {
     /// Confirm arming a whole profile or site
     #[arg(long)]
     pub yes: bool,
-    /// Site directory
-    #[arg(long, default_value = ".")]
-    pub site: PathBuf,
-    /// State directory (default: the site's server.state_dir)
+    /// Offline: write the build-state store of this state directory directly, without a server
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
-pub fn reinstall(args: &ReinstallArgs) -> Result<()> {
+pub fn reinstall(args: &ReinstallArgs) -> Result<ExitCode> {
+    match &args.state {
+        Some(state) => offline(args, state),
+        None => {
+            let sel = if args.all {
+                Selection::All
+            } else if let Some(p) = &args.profile {
+                Selection::Profile(p.clone())
+            } else if !args.hosts.is_empty() {
+                Selection::Hosts(args.hosts.clone())
+            } else {
+                bail!("name the hosts to arm, or --profile NAME --yes, or --all --yes");
+            };
+            cli::reinstall(&args.admin, &sel, args.yes)
+        }
+    }
+}
+
+/// Arms in the store of `state` itself (the offline mode).
+fn offline(args: &ReinstallArgs, state: &Path) -> Result<ExitCode> {
+    let site_dir = &args.admin.site;
     let overrides = Overrides {
-        state: args.state.clone(),
+        state: Some(state.to_path_buf()),
         ..Overrides::default()
     };
-    let cat = crate::check::load(&args.site, &overrides).map_err(|e| {
+    let cat = crate::check::load(site_dir, &overrides).map_err(|e| {
         crate::check::print_diagnostics(&e.0);
-        anyhow!("{e} in {}", args.site.display())
+        anyhow!("{e} in {}", site_dir.display())
     })?;
     let site = &cat.site;
-    let tracked = |name: &str| {
-        site.host_by_name(name)
-            .and_then(|h| site.profiles.get(&h.profile).map(|p| (h, p)))
-            .is_some_and(|(h, p)| crate::select::tracked(h, p))
-    };
-    let mut names: Vec<String> = args.hosts.clone();
-    for n in &names {
-        if site.host_by_name(n).is_none() {
-            bail!("no host {n:?} in {}", args.site.display());
-        }
-        if !tracked(n) {
-            bail!("host {n:?} is not installed from a kickstart (install = false, or its profile boots diskless or local)");
-        }
-    }
-    let many: Vec<String> = site
-        .hosts
-        .iter()
-        .filter(|h| args.all || args.profile.as_deref() == Some(h.profile.as_str()))
-        .filter(|h| tracked(&h.name))
-        .map(|h| h.name.clone())
-        .collect();
-    if let Some(p) = &args.profile {
-        if !site.profiles.contains_key(p) {
-            bail!("no profile {p:?} (profiles/{p}.toml)");
-        }
-    }
-    if (args.all || args.profile.is_some()) && !args.yes {
-        bail!(
-            "this would arm {} host(s) ({}): add --yes to do it",
-            many.len(),
-            many.join(", ")
-        );
-    }
-    names.extend(many);
-    names.sort();
-    names.dedup();
-    if names.is_empty() {
-        bail!("name the hosts to arm, or --profile NAME --yes, or --all --yes");
-    }
     std::fs::create_dir_all(&cat.config.state)
         .with_context(|| format!("creating {}", cat.config.state.display()))?;
     let store = BuildState::open(&cat.config.state.join("buildstate.db"))?;
+    let claims = buildstate::claims_of(&store.claims()?);
+    // The same decision as the admin API's: which hosts, and which are skipped.
+    let plan = crate::operate::plan_reinstall(
+        site,
+        &claims,
+        &args.hosts,
+        args.profile.as_deref(),
+        args.all,
+    )
+    .map_err(|e| anyhow!("{e} in {}", site_dir.display()))?;
+    if (args.all || args.profile.is_some()) && !args.yes {
+        println!(
+            "this would arm {} host(s) (nothing changed: add --yes to do it):",
+            plan.arm.len()
+        );
+        for n in &plan.arm {
+            println!("  {n}");
+        }
+        for (n, why) in &plan.skipped {
+            println!("  {n}: skipped: {why}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     let now = crate::events::now();
     // A first start adopts the fleet as installed before anything is armed on purpose.
     store.reconcile(&buildstate::inventory(site), now, |_| {})?;
@@ -88,16 +105,10 @@ pub fn reinstall(args: &ReinstallArgs) -> Result<()> {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown user".into());
     let source = format!("pxeforge reinstall by {who}");
-    for name in &names {
-        let from = store.decide(name, now, |r| {
-            let (next, t) = lifecycle::rearm(r, &source);
-            (r.state, Some((next, vec![t])))
-        })?;
-        let Some(from) = from else {
-            bail!("host {name} has no build-state record");
-        };
+    for name in &plan.arm {
+        let from = crate::operate::arm(&store, name, &source)?;
         let (from, to) = (from.as_str(), State::Armed.as_str());
         println!("{name}: {from} -> {to}: installs at its next network boot");
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 
 use crate::catalog::Catalog;
 use crate::select::{BuildScript, Facts, ScriptChoice};
-use crate::templates::{RenderError, BOOTSTRAP, DISCOVER, DISKLESS, INSTALL, LOCAL};
+use crate::templates::{RenderError, BOOTSTRAP, DISCOVER, DISKLESS, INSTALL, LOCAL, WAIT};
 use pxeforge_site::settings::UnknownHostPolicy;
 use pxeforge_site::{BootMethod, Firmware, Host, Mac, Profile, Site};
 use tera::Context;
@@ -22,7 +22,7 @@ pub fn with_host_context<R>(
     profile: &Profile,
     mac: Mac,
     platform: Option<&str>,
-    ks: KsAccess,
+    token: &str,
     f: impl FnOnce(&Context) -> R,
 ) -> R {
     let platform = platform.unwrap_or_else(|| default_platform(profile));
@@ -45,7 +45,7 @@ pub fn with_host_context<R>(
         Some(s) => s.take(),
         None => profile_context(&cat.site, base_url, profile, platform),
     };
-    add_request_parts(&mut ctx, cat, base_url, host, profile, mac, ks);
+    add_request_parts(&mut ctx, cat, base_url, host, profile, mac, token);
     let out = f(&ctx);
     if let Some(s) = shared {
         s.give_back(ctx);
@@ -69,25 +69,17 @@ fn add_request_parts(
     host: &Host,
     profile: &Profile,
     mac: Mac,
-    ks: KsAccess,
+    token: &str,
 ) {
     let mac_url = mac.hyphenated();
     ctx.insert("host", host);
     ctx.insert("mac", &mac.to_string());
-    match ks {
-        KsAccess::Token(token) => {
-            // Host names are DNS labels and tokens hex: nothing here needs escaping.
-            ctx.insert(
-                "ks_url",
-                &format!("{base_url}/ks/{}?token={token}", host.name),
-            );
-            ctx.insert("token", token);
-        }
-        KsAccess::Mac => {
-            ctx.insert("ks_url", &format!("{base_url}/ks/{mac_url}"));
-            ctx.insert("token", "");
-        }
-    }
+    // Host names are DNS labels and tokens hex: nothing here needs escaping.
+    ctx.insert(
+        "ks_url",
+        &format!("{base_url}/ks/{}?token={token}", host.name),
+    );
+    ctx.insert("token", token);
     ctx.insert("mac_url", &mac_url);
     // Never cached: a publish moves the store's `current` link without reloading the site.
     ctx.insert(
@@ -155,14 +147,6 @@ pub fn ipxe_template_for(host: Option<&Host>, profile: &Profile) -> &'static str
 /// Where the token goes when there is none to give (`check`, `pxeforge render`).
 pub const TOKEN_PLACEHOLDER: &str = "TOKEN";
 
-/// How a kickstart is reached: an inventory host by its name and its build's token; a machine
-/// that a profile's match rule claimed, by its MAC.
-#[derive(Debug, Clone, Copy)]
-pub enum KsAccess<'a> {
-    Token(&'a str),
-    Mac,
-}
-
 pub fn render_ipxe(
     cat: &Catalog,
     base_url: &str,
@@ -185,6 +169,13 @@ pub fn render_ipxe(
                 .unwrap_or(Mac([0; 6]));
             let (template, token) = match build {
                 BuildScript::Local => (LOCAL, TOKEN_PLACEHOLDER),
+                BuildScript::Wait => {
+                    let mut ctx = Context::new();
+                    ctx.insert("base_url", base_url);
+                    ctx.insert("host", host);
+                    ctx.insert("retry_secs", &cat.site.settings.install.discover_retry_secs);
+                    return cat.templates.render(WAIT, &ctx);
+                }
                 BuildScript::Install { token } => {
                     (ipxe_template_for(Some(host), profile), &token[..])
                 }
@@ -192,27 +183,24 @@ pub fn render_ipxe(
                     (ipxe_template_for(Some(host), profile), TOKEN_PLACEHOLDER)
                 }
             };
-            let ks = KsAccess::Token(token);
-            with_host_context(cat, base_url, host, profile, mac, platform, ks, |ctx| {
+            with_host_context(cat, base_url, host, profile, mac, platform, token, |ctx| {
                 cat.templates.render(template, ctx)
             })
         }
-        ScriptChoice::Matched { profile, mac } => {
-            let host = crate::select::matched_host(profile, *mac);
-            let ks = KsAccess::Mac;
-            with_host_context(cat, base_url, &host, profile, *mac, platform, ks, |ctx| {
-                cat.templates.render(ipxe_template_for(None, profile), ctx)
-            })
-        }
-        ScriptChoice::Unknown => {
+        // A machine a match rule only suggested a profile for gets what an unknown machine
+        // gets until an operator approves it: nothing of that profile is served yet.
+        ScriptChoice::Matched { .. } | ScriptChoice::Unknown | ScriptChoice::Rejected { .. } => {
             let mut ctx = Context::new();
             ctx.insert("base_url", base_url);
             ctx.insert("facts", facts);
             ctx.insert("mac", &facts.mac.map(|m| m.to_string()).unwrap_or_default());
             ctx.insert("retry_secs", &cat.site.settings.install.discover_retry_secs);
-            let name = match cat.site.settings.install.unknown_hosts {
-                UnknownHostPolicy::Local => LOCAL,
-                UnknownHostPolicy::Discover => DISCOVER,
+            if let ScriptChoice::Matched { profile, .. } = choice {
+                ctx.insert("suggested_profile", &profile.name);
+            }
+            let name = match (choice, cat.site.settings.install.unknown_hosts) {
+                (ScriptChoice::Rejected { .. }, _) | (_, UnknownHostPolicy::Local) => LOCAL,
+                (_, UnknownHostPolicy::Discover) => DISCOVER,
             };
             cat.templates.render(name, &ctx)
         }
@@ -233,9 +221,9 @@ pub fn render_kickstart(
     profile: &Profile,
     mac: Mac,
     platform: Option<&str>,
-    ks: KsAccess,
+    token: &str,
 ) -> Result<String, RenderError> {
-    with_host_context(cat, base_url, host, profile, mac, platform, ks, |ctx| {
+    with_host_context(cat, base_url, host, profile, mac, platform, token, |ctx| {
         cat.templates
             .render(&format!("ks/{}", profile.kickstart), ctx)
     })
@@ -246,7 +234,7 @@ mod tests {
     use super::*;
 
     use crate::config::Overrides;
-    use crate::select::matched_host;
+    use crate::select::{approved_host, default_name};
     use std::path::Path;
 
     /// A host's context as an owned value, through the same cache as the server.
@@ -259,7 +247,7 @@ mod tests {
         platform: Option<&str>,
     ) -> Context {
         // A per-host token, so that a context reused for another host would show it.
-        let ks = KsAccess::Token(&host.name);
+        let ks = &host.name;
         with_host_context(
             site,
             base_url,
@@ -295,15 +283,7 @@ mod tests {
     ) -> Context {
         let platform = platform.unwrap_or_else(|| default_platform(profile));
         let mut ctx = profile_context(&site.site, base_url, profile, platform);
-        add_request_parts(
-            &mut ctx,
-            site,
-            base_url,
-            host,
-            profile,
-            mac,
-            KsAccess::Token(&host.name),
-        );
+        add_request_parts(&mut ctx, site, base_url, host, profile, mac, &host.name);
         ctx
     }
 
@@ -324,7 +304,7 @@ mod tests {
         out
     }
 
-    /// Every host of the example site and every profile's match-rule stand-in.
+    /// Every host of the example site, and a machine approved for each profile.
     fn all_hosts(site: &Catalog) -> Vec<(Host, &Profile, Mac)> {
         let site = &site.site;
         let mut out: Vec<(Host, &Profile, Mac)> = site
@@ -337,7 +317,8 @@ mod tests {
             .collect();
         for p in site.profiles.values() {
             let mac = Mac([0x02, 0, 0, 0, 0, 2]);
-            out.push((matched_host(p, mac), p, mac));
+            let host = approved_host(&default_name(mac), &p.name, mac, "test".into());
+            out.push((host, p, mac));
         }
         out
     }
@@ -395,7 +376,7 @@ mod tests {
                     _ => (i * 7) % hosts.len(),
                 };
                 let (host, profile, mac) = &hosts[j];
-                let ks = KsAccess::Token(&host.name);
+                let ks = &host.name;
                 let seen =
                     with_host_context(&site, &base, host, profile, *mac, None, ks, |c| c.clone());
                 assert_eq!(seen, fresh[j], "{} in round {round}", host.name);

@@ -4,6 +4,21 @@
 
 use pxeforge_site::{BootMethod, Host, Mac, Profile, Site};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// Machines outside the inventory that an operator decided on: approved (a host, by its MAC)
+/// or rejected (never installed). Read from the build-state store, replaced at each decision.
+#[derive(Debug, Default)]
+pub struct Claims {
+    pub approved: HashMap<Mac, Host>,
+    pub rejected: HashSet<Mac>,
+}
+
+impl Claims {
+    pub fn host_by_name(&self, name: &str) -> Option<&Host> {
+        self.approved.values().find(|h| h.name == name)
+    }
+}
 
 /// What a booting machine told us about itself (via `/ipxe` query parameters).
 /// Only validated, printable values survive into this struct.
@@ -79,9 +94,15 @@ pub enum ScriptChoice<'a> {
         /// which holds the state store, decides.
         build: BuildScript,
     },
-    /// Unknown host whose SMBIOS facts matched this profile.
+    /// Unknown machine whose SMBIOS facts matched this profile's rules: discovered, with the
+    /// profile as a suggestion. It is not installed until approved (or the profile sets
+    /// `auto_install`): it gets what an unknown machine gets.
     Matched {
         profile: &'a Profile,
+        mac: Mac,
+    },
+    /// A machine an operator rejected: its local disk, always.
+    Rejected {
         mac: Mac,
     },
     Unknown,
@@ -95,8 +116,10 @@ pub enum BuildScript {
     Untracked,
     /// Armed: the install script, carrying this build's token.
     Install { token: String },
-    /// Installed, failed and held, or the store cannot be read: the local-boot script.
+    /// Installed, failed and held, paused, or the store cannot be read: the local-boot script.
     Local,
+    /// Armed, but `install.max_installing` installs are under way: wait and ask again.
+    Wait,
 }
 
 /// Whether a host's installs go through build state: it is to be installed, from a kickstart.
@@ -104,9 +127,10 @@ pub fn tracked(host: &Host, profile: &Profile) -> bool {
     host.install && has_kickstart(profile)
 }
 
-/// A request's facts → the host (by MAC, then SMBIOS UUID, then serial) → its profile, or, for
-/// an unknown machine, the first profile whose match rule claims it.
-pub fn select<'a>(site: &'a Site, facts: &Facts) -> ScriptChoice<'a> {
+/// A request's facts → the inventory host (by MAC, then SMBIOS UUID, then serial) or the
+/// approved machine (by MAC) → its profile; or, for an unknown machine, whether an operator
+/// rejected it, or the first profile whose match rule claims it.
+pub fn select<'a>(site: &'a Site, claims: &'a Claims, facts: &Facts) -> ScriptChoice<'a> {
     let by_mac = facts.mac.and_then(|m| site.by_mac.get(&m));
     let by_uuid = || {
         facts
@@ -126,11 +150,29 @@ pub fn select<'a>(site: &'a Site, facts: &Facts) -> ScriptChoice<'a> {
         }
     }
     if let Some(mac) = facts.mac {
+        if let Some(host) = claims.approved.get(&mac) {
+            if let Some(profile) = site.profiles.get(&host.profile) {
+                return ScriptChoice::Host {
+                    host,
+                    profile,
+                    build: BuildScript::Untracked,
+                };
+            }
+        }
+        if claims.rejected.contains(&mac) {
+            return ScriptChoice::Rejected { mac };
+        }
         if let Some(profile) = match_profile(site, facts) {
             return ScriptChoice::Matched { profile, mac };
         }
     }
     ScriptChoice::Unknown
+}
+
+/// An inventory host by name, or else an approved machine's host.
+pub fn host_by_name<'a>(site: &'a Site, claims: &'a Claims, name: &str) -> Option<&'a Host> {
+    site.host_by_name(name)
+        .or_else(|| claims.host_by_name(name))
 }
 
 /// Profiles are tried in name order so that the outcome never depends on file-system order.
@@ -142,19 +184,24 @@ pub fn match_profile<'a>(site: &'a Site, facts: &Facts) -> Option<&'a Profile> {
     })
 }
 
-/// A stand-in host for an unknown machine that a profile's match rule claimed.
-pub fn matched_host(profile: &Profile, mac: Mac) -> Host {
+/// The name an approved machine gets when the operator gives none.
+pub fn default_name(mac: Mac) -> String {
+    format!("mac-{}", mac.hyphenated().replace('-', ""))
+}
+
+/// The host an approved machine is: its MAC, the profile it was approved for, installed.
+pub fn approved_host(name: &str, profile: &str, mac: Mac, origin: String) -> Host {
     Host {
-        name: format!("mac-{}", mac.hyphenated().replace('-', "")),
+        name: name.to_string(),
         macs: vec![mac],
-        profile: profile.name.clone(),
+        profile: profile.to_string(),
         uuid: None,
         serial: None,
         install: true,
         network: Default::default(),
         vars: Default::default(),
         generation: 0,
-        origin: format!("match rule of {}", profile.file.display()),
+        origin,
     }
 }
 
@@ -171,38 +218,23 @@ pub enum KickstartChoice<'a> {
         host: &'a Host,
         profile: &'a Profile,
     },
-    /// The stand-in host of a machine that a profile's match rule claimed.
-    Claimed {
-        host: Box<Host>,
-        profile: &'a Profile,
-    },
     /// A known host that is not installed from a kickstart.
     NotInstalled { host: &'a Host },
-    /// No host, and no claim by a profile that installs.
+    /// Neither an inventory host nor an approved machine.
     Unknown,
 }
 
-/// The inventory host of `mac` first; otherwise the profile that claimed the machine when it
-/// asked for its script (`claimed`, looked up in the state store only when needed).
-pub fn select_kickstart<'a>(
-    site: &'a Site,
-    mac: Mac,
-    claimed: impl FnOnce() -> Option<String>,
-) -> KickstartChoice<'a> {
-    if let Some(host) = site.host_by_mac(&mac) {
-        return match site.profiles.get(&host.profile) {
-            Some(profile) if host.install && has_kickstart(profile) => {
-                KickstartChoice::Host { host, profile }
-            }
-            _ => KickstartChoice::NotInstalled { host },
-        };
-    }
-    match claimed().and_then(|p| site.profiles.get(&p)) {
-        Some(profile) if has_kickstart(profile) => KickstartChoice::Claimed {
-            host: Box::new(matched_host(profile, mac)),
-            profile,
-        },
-        _ => KickstartChoice::Unknown,
+/// The inventory host of `mac`, or else the approved machine of `mac`. A machine that a match
+/// rule only suggested a profile for has no kickstart: approval comes first.
+pub fn select_kickstart<'a>(site: &'a Site, claims: &'a Claims, mac: Mac) -> KickstartChoice<'a> {
+    let Some(host) = site.host_by_mac(&mac).or_else(|| claims.approved.get(&mac)) else {
+        return KickstartChoice::Unknown;
+    };
+    match site.profiles.get(&host.profile) {
+        Some(profile) if host.install && has_kickstart(profile) => {
+            KickstartChoice::Host { host, profile }
+        }
+        _ => KickstartChoice::NotInstalled { host },
     }
 }
 

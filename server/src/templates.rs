@@ -11,6 +11,14 @@ pub const INSTALL: &str = "ipxe/install.ipxe";
 pub const DISKLESS: &str = "ipxe/diskless.ipxe";
 pub const LOCAL: &str = "ipxe/local.ipxe";
 pub const DISCOVER: &str = "ipxe/discover.ipxe";
+/// An armed host while `install.max_installing` installs are under way. Built in (a site may
+/// override it with `templates/wait.ipxe`), so that a site from before the cap works unchanged.
+pub const WAIT: &str = "ipxe/wait.ipxe";
+const WAIT_BUILTIN: &str = "#!ipxe
+echo pxeforge: {{ host.name }} waits for an install slot; asking again in {{ retry_secs }} s
+sleep {{ retry_secs }}
+chain --replace --autofree {{ base_url }}/boot.ipxe || exit
+";
 
 #[derive(Debug)]
 pub struct Templates {
@@ -55,6 +63,17 @@ impl Templates {
             if let Err(e) = tera.add_raw_template(name, &text) {
                 let msg = tera_message(&e);
                 diags.push(diag(site_dir, path, line_in_tera_message(&msg), msg));
+            }
+        }
+        if !files.iter().any(|(_, n)| n == WAIT) {
+            // A constant template: it parses.
+            if let Err(e) = tera.add_raw_template(WAIT, WAIT_BUILTIN) {
+                diags.push(diag(
+                    site_dir,
+                    Path::new("templates/wait.ipxe"),
+                    0,
+                    tera_message(&e),
+                ));
             }
         }
         if diags.is_empty() {

@@ -213,14 +213,22 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
     let out = match parsed {
         Ok(s) => {
             if let Some(pool) = &s.dhcp.pool {
+                let off = text.find("[dhcp.pool]").unwrap_or(0);
                 if u32::from(pool.start) > u32::from(pool.end) || !(1..=32).contains(&pool.prefix) {
-                    let off = text.find("[dhcp.pool]").unwrap_or(0);
                     fd.error_at(
                         off,
                         "dhcp pool: start must not be above end, prefix 1 to 32",
                     );
                 }
+                let line = fd.line_of(off);
+                fd.push(
+                    line,
+                    Severity::Warning,
+                    "[dhcp.pool] is read as one [[dhcp.subnet]] (network = start/prefix): \
+                     write it as [[dhcp.subnet]] with network, start and end",
+                );
             }
+            check_dhcp_subnets(&s.dhcp, &text, &mut fd);
             for n in &s.limits.exempt {
                 if !settings::valid_network(n) {
                     let off = text.find(n.as_str()).unwrap_or(0);
@@ -229,6 +237,13 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
                         format!("limits.exempt: {n:?} is not an address or a network (10.0.0.0/8, fd00::/8)"),
                     );
                 }
+            }
+            if s.admin.tls_cert.is_some() != s.admin.tls_key.is_some() {
+                let off = text.find("tls_").unwrap_or(0);
+                fd.error_at(
+                    off,
+                    "admin: tls_cert and tls_key go together (both, or neither)",
+                );
             }
             let b = &s.server.base_url;
             if !(b.is_empty() || b.starts_with("http://") || b.starts_with("https://")) {
@@ -244,6 +259,57 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
     };
     diags.append(&mut fd.out);
     out
+}
+
+/// `[[dhcp.subnet]]`: a network with no host bits, a range inside it, and no two subnets
+/// overlapping (a link must pick exactly one pool). Also the DHCP limits that must not be 0.
+fn check_dhcp_subnets(d: &settings::DhcpSettings, text: &str, fd: &mut FileDiags) {
+    let subnets = d.subnets();
+    for (i, sn) in d.subnet.iter().enumerate() {
+        let off = text.find(&sn.network).unwrap_or(0);
+        let Some((net, prefix)) = sn.parse_network() else {
+            fd.error_at(
+                off,
+                format!(
+                    "dhcp.subnet: network {:?} is not A.B.C.D/N (1-32, no host bits)",
+                    sn.network
+                ),
+            );
+            continue;
+        };
+        if !sn.contains(sn.start) || !sn.contains(sn.end) || sn.start > sn.end {
+            fd.error_at(off, format!("dhcp.subnet {net}/{prefix}: start and end must be inside it, start not above end"));
+        }
+        let others = subnets.iter().skip(i + usize::from(d.pool.is_some()) + 1);
+        for o in others {
+            if let Some((onet, _)) = o.parse_network() {
+                if sn.contains(onet) || o.contains(net) {
+                    fd.error_at(
+                        off,
+                        format!("dhcp.subnet {net}/{prefix} overlaps {}", o.network),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(p) = &d.pool {
+        for sn in &d.subnet {
+            if sn.contains(p.start) {
+                let off = text.find("[dhcp.pool]").unwrap_or(0);
+                fd.error_at(
+                    off,
+                    format!("[dhcp.pool] is on subnet {} as well", sn.network),
+                );
+            }
+        }
+    }
+    if d.ping_timeout_ms == 0 || d.offer_hold_secs == 0 {
+        let off = text.find("[dhcp]").unwrap_or(0);
+        fd.error_at(
+            off,
+            "dhcp.ping_timeout_ms and dhcp.offer_hold_secs must be at least 1",
+        );
+    }
 }
 
 fn load_profiles(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Profile> {
@@ -375,6 +441,7 @@ fn parse_profile(
         layer: p.layer.map(|l| l.into_inner()),
         match_rules,
         generation: p.generation,
+        auto_install: p.auto_install,
         file: fd.file.clone(),
     })
 }

@@ -81,6 +81,11 @@ pub struct ProfileFile {
     /// Raise it to re-arm every host of the profile.
     #[serde(default)]
     pub generation: u64,
+    /// An unknown machine that a match rule of this profile claims is installed without an
+    /// operator's approval (zero-touch sites). Off: it is recorded as discovered and boots its
+    /// local disk until `pxeforge hosts approve`.
+    #[serde(default)]
+    pub auto_install: bool,
 }
 
 /// A validated profile, as templates and the selector see it.
@@ -106,6 +111,8 @@ pub struct Profile {
     pub match_rules: Vec<MatchRule>,
     /// Raise it to re-arm every host of the profile.
     pub generation: u64,
+    /// Machines its match rules claim install without approval.
+    pub auto_install: bool,
     /// `profiles/NAME.toml`, for messages.
     #[serde(skip)]
     pub file: PathBuf,

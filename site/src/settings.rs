@@ -13,6 +13,41 @@ pub struct Settings {
     pub dhcp: DhcpSettings,
     pub install: InstallSettings,
     pub limits: LimitsSettings,
+    pub admin: AdminSettings,
+}
+
+/// The admin listener: the inventory, the events and every state change, apart from the boot
+/// network and behind a bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where the admin API listens.
+    pub listen: SocketAddr,
+    /// The bearer token, in a file of mode 0600 (relative: under the state directory);
+    /// `serve` creates it when it does not exist.
+    pub token_file: PathBuf,
+    /// PEM certificate chain and key (relative: under the site): both set, the admin API is
+    /// served over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allows a non-loopback `listen` without TLS (the token then crosses the network in clear).
+    pub allow_plain_remote: bool,
+    /// Also serve `/metrics` on the boot listener (for a Prometheus that cannot reach the admin
+    /// listener; the counters say nothing secret, but the boot network sees them).
+    pub metrics_on_boot_listener: bool,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_file: PathBuf::from("admin.token"),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_remote: false,
+            metrics_on_boot_listener: false,
+        }
+    }
 }
 
 /// What one client may hold: the segment is not ours, so no client may take a service down.
@@ -73,6 +108,9 @@ pub struct ServerSettings {
     pub assets_dir: PathBuf,
     /// Largest accepted POST /events body.
     pub max_event_bytes: usize,
+    /// Started as root, `serve` drops to this user once every port is bound (and makes the
+    /// state directory its own); empty: it keeps running as whoever started it.
+    pub user: String,
 }
 
 impl Default for ServerSettings {
@@ -83,6 +121,7 @@ impl Default for ServerSettings {
             state_dir: PathBuf::from("state"),
             assets_dir: PathBuf::from("assets"),
             max_event_bytes: 16 * 1024,
+            user: String::new(),
         }
     }
 }
@@ -102,6 +141,9 @@ pub struct TftpSettings {
     /// New transfers per second from one source address (0: no limit); `limits.exempt` and
     /// loopback are exempt.
     pub new_per_source_per_sec: u32,
+    /// Transfers one client address may hold at once (0: no cap); `limits.exempt` and loopback
+    /// are exempt.
+    pub max_transfers_per_addr: usize,
 }
 
 impl Default for TftpSettings {
@@ -114,6 +156,7 @@ impl Default for TftpSettings {
             transfer_deadline_secs: 600,
             max_transfers: 4096,
             new_per_source_per_sec: 20,
+            max_transfers_per_addr: 16,
         }
     }
 }
@@ -134,7 +177,21 @@ pub struct DhcpSettings {
     pub interface: String,
     pub lease_time_secs: u32,
     pub boot_files: BootFiles,
+    /// Wave 1's single pool: read as one `[[dhcp.subnet]]` (network `start/prefix`), with a
+    /// warning that names the new key.
     pub pool: Option<PoolSettings>,
+    /// Reservation-mode pools, one per subnet: a request is served from the pool of its
+    /// link's subnet (the relay's giaddr, or our address on the interface), never another's.
+    pub subnet: Vec<SubnetSettings>,
+    /// ICMP echo probe of an address before it is offered to a new client (reservation mode).
+    pub ping_check: bool,
+    /// How long a probe waits for an echo reply (milliseconds).
+    pub ping_timeout_ms: u32,
+    /// How long an OFFER holds its address for the client's REQUEST (seconds).
+    pub offer_hold_secs: u32,
+    /// DHCP servers expected on the segment (a second pxeforge, the site's server beside a
+    /// proxy): their replies are counted, not warned about.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 impl Default for DhcpSettings {
@@ -145,7 +202,36 @@ impl Default for DhcpSettings {
             lease_time_secs: 3600,
             boot_files: BootFiles::default(),
             pool: None,
+            subnet: Vec::new(),
+            ping_check: true,
+            ping_timeout_ms: 500,
+            offer_hold_secs: 30,
+            peers: Vec::new(),
         }
+    }
+}
+
+impl DhcpSettings {
+    /// Every pool, the wave-1 `[dhcp.pool]` first, as subnets.
+    pub fn subnets(&self) -> Vec<SubnetSettings> {
+        let legacy = self.pool.iter().map(|p| SubnetSettings {
+            network: format!(
+                "{}/{}",
+                std::net::Ipv4Addr::from(
+                    u32::from(p.start)
+                        & u32::MAX
+                            .checked_shl(32 - u32::from(p.prefix.min(32)))
+                            .unwrap_or(0)
+                ),
+                p.prefix
+            ),
+            start: p.start,
+            end: p.end,
+            router: p.router,
+            dns: p.dns.clone(),
+            domain: p.domain.clone(),
+        });
+        legacy.chain(self.subnet.iter().cloned()).collect()
     }
 }
 
@@ -191,6 +277,41 @@ pub struct PoolSettings {
     pub domain: Option<String>,
 }
 
+/// `[[dhcp.subnet]]`: one subnet's pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSettings {
+    /// `10.0.0.0/24`
+    pub network: String,
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl SubnetSettings {
+    /// (network address, prefix) when `network` is `A.B.C.D/N` with no host bits set.
+    pub fn parse_network(&self) -> Option<(Ipv4Addr, u8)> {
+        let (addr, prefix) = self.network.split_once('/')?;
+        let addr: Ipv4Addr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        (u32::from(addr) & !mask == 0).then_some((addr, prefix))
+    }
+
+    /// Whether `ip` is inside `network`.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.parse_network().is_some_and(|(net, prefix)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net)
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownHostPolicy {
@@ -227,6 +348,11 @@ pub struct InstallSettings {
     pub max_discovered: u32,
     /// Events accepted per minute from one source address (more answer 429).
     pub events_per_minute: u32,
+    /// Installs under way at once (hosts `installing`, or sent their install script in the last
+    /// 15 minutes); armed hosts beyond it wait and ask again. 0: no cap.
+    pub max_installing: u32,
+    /// A host `installing` longer than this is reported stuck (log line and metric); 0: never.
+    pub stuck_after_secs: u64,
 }
 
 /// What follows `failed` (`install.on_failure`).
@@ -256,6 +382,8 @@ impl Default for InstallSettings {
             events_per_host: 200,
             max_discovered: 10_000,
             events_per_minute: 600,
+            max_installing: 0,
+            stuck_after_secs: 4 * 3600,
         }
     }
 }

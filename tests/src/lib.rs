@@ -94,14 +94,21 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 /// A running `pxeforge serve`; killed on drop.
 pub struct Server {
     pub child: Child,
+    /// The boot listener.
     pub http: SocketAddr,
     pub tftp: Option<SocketAddr>,
+    /// The admin API's listener (plain HTTP on loopback unless the test's args say otherwise).
+    pub admin: SocketAddr,
+    /// The bearer token of the admin API, read from the file the ready line names.
+    pub admin_token: String,
+    pub admin_token_file: PathBuf,
     pub stdout: Vec<String>,
     pub log: PathBuf,
 }
 
 impl Server {
-    /// Starts `pxeforge serve --site SITE --http 127.0.0.1:0 ARGS...` and waits for `ready`.
+    /// Starts `pxeforge serve --site SITE --http 127.0.0.1:0 --admin 127.0.0.1:0 ARGS...` and
+    /// waits for `ready` (either address flag is left out when ARGS name it).
     pub fn start(site: &Path, args: &[&str]) -> Server {
         let log = site.join("serve.log");
         let logf = std::fs::File::create(&log).expect("log file");
@@ -109,6 +116,10 @@ impl Server {
         cmd.arg("serve").arg("--site").arg(site);
         if !args.contains(&"--http") {
             cmd.args(["--http", "127.0.0.1:0"]);
+        }
+        // Port 0: tests run in parallel, and the default admin port would collide.
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
         }
         cmd.args(args).env("PXEFORGE_LOG", "info").stderr(logf);
         // pxeforge-child reads the startup lines (and keeps stdout drained afterwards).
@@ -122,17 +133,82 @@ impl Server {
         };
         // The Server stops the process itself (Drop below), as tests use its `child` directly.
         let (child, ready) = serve.into_child();
+        let Some(admin) = ready.admin.clone() else {
+            panic!(
+                "no admin listener line in the startup lines: {:?}",
+                ready.lines
+            );
+        };
+        let admin_token = admin.token().unwrap_or_else(|e| {
+            panic!(
+                "reading the admin token {}: {e}",
+                admin.token_file.display()
+            )
+        });
         Server {
             child,
             http: ready.http.expect("http address line"),
             tftp: ready.tftp,
+            admin: admin.addr,
+            admin_token,
+            admin_token_file: admin.token_file,
             stdout: ready.lines,
             log,
         }
     }
 
+    /// A URL on the boot listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// `GET path` on the admin listener with the token: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let url = self.admin_url(path);
+        let r = admin_client()
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// `POST path` with a JSON body on the admin listener with the token: (status, body).
+    pub fn admin_post(&self, path: &str, json: &serde_json::Value) -> (u16, String) {
+        let url = self.admin_url(path);
+        let r = admin_client()
+            .post(&url)
+            .bearer_auth(&self.admin_token)
+            .json(json)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// `GET /metrics` on the admin listener (where it always is), failing the test unless 200.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "GET /metrics on the admin listener: {body}");
+        body
+    }
+
+    /// Runs `pxeforge ARGS... --server URL --token-file FILE`: an operator's command against
+    /// this server. Returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend([
+            "--server".to_string(),
+            format!("http://{}", self.admin),
+            "--token-file".to_string(),
+            self.admin_token_file.display().to_string(),
+        ]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        pxeforge(&a)
     }
 
     pub fn log_text(&self) -> String {
@@ -163,6 +239,15 @@ impl Drop for Server {
     }
 }
 
+/// One client for the admin helpers; requests to a local server need no proxy.
+fn admin_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
 /// Runs `pxeforge ARGS...`, returning (exit code, stdout, stderr).
 pub fn pxeforge(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(pxeforge_bin())
@@ -176,7 +261,9 @@ pub fn pxeforge(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// `pxeforge reinstall ARGS --site SITE --state STATE`: (exit code, stdout and stderr).
+/// `pxeforge reinstall ARGS --site SITE --state STATE`: (exit code, stdout and stderr). With
+/// `--state` the command writes the store itself (its offline mode), so it works with no server
+/// running, and a running server sees the change at its next request.
 pub fn reinstall(site: &Path, state: &Path, args: &[&str]) -> (i32, String) {
     let mut a = vec!["reinstall"];
     a.extend_from_slice(args);
@@ -191,6 +278,30 @@ pub fn reinstall(site: &Path, state: &Path, args: &[&str]) -> (i32, String) {
 pub fn arm(site: &Path, state: &Path, args: &[&str]) {
     let (code, out) = reinstall(site, state, args);
     assert_eq!(code, 0, "pxeforge reinstall {args:?}: {out}");
+}
+
+/// `GET url`: (status, body).
+pub fn get(c: &reqwest::blocking::Client, url: &str) -> (u16, String) {
+    let r = c
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+/// The boot listener's `/ipxe?QUERY`, failing the test unless 200.
+pub fn script(c: &reqwest::blocking::Client, srv: &Server, query: &str) -> String {
+    let (code, body) = get(c, &srv.url(&format!("/ipxe?{query}")));
+    assert_eq!(code, 200, "/ipxe?{query}: {body}");
+    body
+}
+
+/// The kickstart URL of an install script (its `inst.ks=`), or `None` for any other script.
+pub fn ks_url(script: &str) -> Option<String> {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inst.ks="))
+        .map(str::to_string)
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -82,6 +82,20 @@ impl Response {
 }
 
 /// A keep-alive connection that reads responses with a `Content-Length` (all pxeforge sends
+/// The admin API of a server under test, answering like a [`Conn`] (status and body).
+struct Admin<'a>(&'a Server);
+
+impl Admin<'_> {
+    fn get(&self, path: &str) -> Response {
+        let (status, body) = self.0.admin_get(path);
+        Response {
+            status,
+            head: String::new(),
+            body: body.into_bytes(),
+        }
+    }
+}
+
 /// for these endpoints).
 struct Conn {
     s: TcpStream,
@@ -294,7 +308,7 @@ fn a_flood_of_unknown_machines_stays_bounded() {
     );
     assert!(bytes < MAX_DB_BYTES, "events.db + wal: {bytes} bytes");
 
-    let mut c = Conn::open(srv.http);
+    let c = Admin(&srv);
     let page = json(&c.get("/api/hosts"));
     let inventory_macs: i64 = page["hosts"]
         .as_array()
@@ -354,8 +368,8 @@ fn events_over_the_rate_limit_get_429() {
     }
     // Other endpoints are not limited.
     assert_eq!(c.get("/ipxe?mac=02:00:00:00:00:01").status, 200);
-    assert_eq!(c.get("/api/hosts").status, 200);
-    let m = String::from_utf8_lossy(&c.get("/metrics").body).into_owned();
+    assert_eq!(srv.admin_get("/api/hosts").0, 200);
+    let m = srv.metrics();
     assert!(m.contains("pxeforge_events_rate_limited_total 3\n"), "{m}");
     assert!(
         m.contains("pxeforge_http_requests_total{endpoint=\"/events\",status=\"429\"} 3\n"),
@@ -373,12 +387,14 @@ fn events_over_the_rate_limit_get_429() {
 
 #[test]
 fn api_hosts_pages_and_selects() {
+    // `/api/hosts` is on the admin listener; the machines are discovered on the boot listener.
     let s = site("");
     let srv = start(&s);
     let mut c = Conn::open(srv.http);
     for i in 0..25 {
         assert_eq!(c.get(&format!("/ipxe?mac={}", mac(i))).status, 200);
     }
+    let c = Admin(&srv);
     let all = json(&c.get("/api/hosts"));
     let total_hosts = all["total_hosts"].as_u64().expect("total_hosts");
     assert_eq!(

@@ -178,3 +178,42 @@ fn each_mistake_is_named_with_file_and_line() {
         assert!(out.contains(want), "{what}: expected {want:?} in:\n{out}");
     }
 }
+
+/// DHCP pools per subnet: what the loader refuses, naming the file and line, and how a wave-1
+/// `[dhcp.pool]` still loads (with a warning that names `[[dhcp.subnet]]`).
+#[test]
+fn dhcp_subnets_are_checked_and_the_old_pool_still_loads() {
+    let cases: [(&str, &str); 3] = [
+        (
+            "\n[[dhcp.subnet]]\nnetwork = \"10.5.0.1/24\"\nstart = \"10.5.0.10\"\nend = \"10.5.0.20\"\n",
+            "is not A.B.C.D/N",
+        ),
+        (
+            "\n[[dhcp.subnet]]\nnetwork = \"10.5.0.0/24\"\nstart = \"10.5.1.10\"\nend = \"10.5.1.20\"\n",
+            "must be inside it",
+        ),
+        (
+            "\n[[dhcp.subnet]]\nnetwork = \"10.5.0.0/16\"\nstart = \"10.5.0.10\"\nend = \"10.5.0.20\"\n\n[[dhcp.subnet]]\nnetwork = \"10.5.7.0/24\"\nstart = \"10.5.7.10\"\nend = \"10.5.7.20\"\n",
+            "overlaps",
+        ),
+    ];
+    for (toml, want) in cases {
+        let (code, out) = broken(|d| append(&d.join("pxeforge.toml"), toml));
+        assert_eq!(code, 1, "{want}: check must fail\n{out}");
+        assert!(
+            out.contains("pxeforge.toml:") && out.contains(want),
+            "{want}:\n{out}"
+        );
+    }
+    let (code, out) = broken(|d| {
+        append(
+            &d.join("pxeforge.toml"),
+            "\n[dhcp.pool]\nstart = \"10.77.0.160\"\nend = \"10.77.0.199\"\nprefix = 24\n",
+        )
+    });
+    assert_eq!(code, 0, "a wave-1 pool still loads\n{out}");
+    assert!(
+        out.contains("warning") && out.contains("[[dhcp.subnet]]"),
+        "{out}"
+    );
+}

@@ -162,17 +162,30 @@ fn scripts_for_every_kind_of_machine() {
         "{unk}"
     );
 
-    // Unknown machine whose SMBIOS facts match the R650 rule → the R650 profile.
-    let (s, matched) = get(
-        &c,
-        &srv.url("/ipxe?mac=02-00-00-00-00-65&manufacturer=Dell%20Inc.&product=PowerEdge%20R650xs&platform=efi"),
+    // Unknown machine whose SMBIOS facts match the R650 rule: the rule only suggests the R650
+    // profile; nothing is installed until an operator approves the machine.
+    let r650 = || {
+        get(
+            &c,
+            &srv.url("/ipxe?mac=02-00-00-00-00-65&manufacturer=Dell%20Inc.&product=PowerEdge%20R650xs&platform=efi"),
+        )
+    };
+    let (s, matched) = r650();
+    assert_eq!(s, 200);
+    assert!(!matched.contains("inst.ks="), "not approved yet: {matched}");
+    assert_eq!(get(&c, &srv.url("/ks/02:00:00:00:00:65")).0, 404);
+    let (s, body) = srv.admin_post(
+        "/api/discovered/02:00:00:00:00:65/approve",
+        &serde_json::json!({}),
     );
+    assert_eq!(s, 200, "{body}");
+    let (s, matched) = r650();
     assert_eq!(s, 200);
     assert!(
         matched.contains("profile dell-r650") && matched.contains("inst.ks="),
         "{matched}"
     );
-    let (s, mks) = get(&c, &srv.url("/ks/02:00:00:00:00:65"));
+    let (s, mks) = get(&c, &ks_url(&matched));
     assert_eq!(s, 200, "{mks}");
     assert!(mks.contains("nvme-Dell_BOSS-N1*"), "{mks}");
 
@@ -187,7 +200,10 @@ fn scripts_for_every_kind_of_machine() {
     let (s, _) = get(&c, &srv.url("/ipxe?mac=52:54:00:zz:00:01"));
     assert_eq!(s, 400);
 
-    let (s, hosts) = get(&c, &srv.url("/api/hosts"));
+    // The inventory and the metrics are on the admin listener only.
+    assert_eq!(get(&c, &srv.url("/api/hosts")).0, 404);
+    assert_eq!(get(&c, &srv.url("/metrics")).0, 404);
+    let (s, hosts) = srv.admin_get("/api/hosts");
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let disc = v["discovered"].as_array().unwrap();
@@ -196,12 +212,23 @@ fn scripts_for_every_kind_of_machine() {
             .any(|d| d["mac"] == "02:00:00:00:00:99" && d["facts"]["manufacturer"] == "QEMU"),
         "{hosts}"
     );
-    assert!(disc
-        .iter()
-        .any(|d| d["mac"] == "02:00:00:00:00:65" && d["profile"] == "dell-r650"));
+    // The approved R650 is a host now, under the default name.
+    assert!(
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "mac-020000000065"
+                && h["source"] == "approved"
+                && h["profile"] == "dell-r650"),
+        "{hosts}"
+    );
+    assert!(
+        !disc.iter().any(|d| d["mac"] == "02:00:00:00:00:65"),
+        "{hosts}"
+    );
 
-    let (s, m) = get(&c, &srv.url("/metrics"));
-    assert_eq!(s, 200);
+    let m = srv.metrics();
     assert!(
         m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"200\"}"),
         "{m}"
@@ -210,8 +237,9 @@ fn scripts_for_every_kind_of_machine() {
         m.contains("pxeforge_http_requests_total{endpoint=\"/ipxe\",status=\"400\"} 1"),
         "{m}"
     );
+    // Five inventory hosts and the approved R650; the R650 once before its approval.
     assert!(
-        m.contains("pxeforge_scripts_served_total{outcome=\"host\"} 5"),
+        m.contains("pxeforge_scripts_served_total{outcome=\"host\"} 6"),
         "{m}"
     );
     assert!(
@@ -263,14 +291,26 @@ fn kickstarts_by_path_and_by_anaconda_headers() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403);
-    // A machine that a profile's match rule claimed is still served by its MAC.
+    // A machine that a profile's match rule claimed gets no kickstart before an operator
+    // approves it; approved, it is a host whose kickstart needs its build token like any other.
     let claim = "/ipxe?mac=02:00:00:00:00:07&manufacturer=Dell%20Inc.&product=PowerEdge%20R650";
     assert_eq!(get(&c, &srv.url(claim)).0, 200);
-    let r = c
-        .get(srv.url("/ks"))
-        .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07")
-        .send()
-        .unwrap();
+    let by_headers = || {
+        c.get(srv.url("/ks"))
+            .header("X-RHN-Provisioning-MAC-0", "eth0 02:00:00:00:00:07")
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(by_headers(), 404);
+    let (s, body) = srv.admin_post(
+        "/api/discovered/02:00:00:00:00:07/approve",
+        &serde_json::json!({"name": "r650-new"}),
+    );
+    assert_eq!(s, 200, "{body}");
+    let script = get(&c, &srv.url(claim)).1;
+    assert_eq!(by_headers(), 403);
+    let r = c.get(ks_url(&script)).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers().get("cache-control").map(|v| v.as_bytes()),
@@ -346,12 +386,12 @@ fn events_are_validated_stored_and_survive_a_restart() {
         assert_eq!(post(&huge, "application/json"), 413);
         // After `finished` the build is over: its token is refused.
         assert_eq!(post(&ok, "application/json"), 403);
-        let m = get(&c, &srv.url("/metrics")).1;
+        let m = srv.metrics();
         assert!(m.contains("pxeforge_events_received_total 2"), "{m}");
         assert!(m.contains("pxeforge_events_rejected_total 7"), "{m}");
     }
     let srv = start(&f);
-    let (s, hosts) = get(&c, &srv.url("/api/hosts"));
+    let (s, hosts) = srv.admin_get("/api/hosts");
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let h = v["hosts"]
@@ -499,7 +539,7 @@ fn reload_keeps_the_last_good_site_on_a_broken_edit() {
         "{new}"
     );
     assert_eq!(get(&c, &ks_url(&new)).0, 200);
-    let m = get(&c, &srv.url("/metrics")).1;
+    let m = srv.metrics();
     assert!(
         m.contains("pxeforge_site_reloads_total{result=\"failed\"} 1"),
         "{m}"
@@ -532,6 +572,144 @@ fn serve_refuses_a_broken_site() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("hosts/broken.toml:3: error: host \"x\": malformed MAC"),
+        "{err}"
+    );
+}
+
+/// The operator's commands are clients of the admin API: listing, approving a discovered
+/// machine into a hosts file, the dry run of a whole profile, cancel, reinstall, pause and
+/// resume, events; a wrong token or the boot listener as `--server` is an error that says so.
+#[test]
+fn operator_commands_through_the_admin_api() {
+    let f = fixture();
+    let srv = start(&f);
+    let c = Client::new();
+    // An unknown R650 turns up on the boot network: discovered, its profile suggested.
+    let new_mac = "02:00:00:00:00:66";
+    let (s, _) = get(
+        &c,
+        &srv.url(&format!(
+            "/ipxe?mac={new_mac}&manufacturer=Dell%20Inc.&product=PowerEdge%20R650&platform=efi"
+        )),
+    );
+    assert_eq!(s, 200);
+
+    let (code, out, err) = srv.cli(&["hosts"]);
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.starts_with("NAME "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("vm-bios-01 ") && l.contains(" armed ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(new_mac) && l.contains("discovered") && l.contains("dell-r650")),
+        "{out}"
+    );
+    let (code, out, err) = srv.cli(&["hosts", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("hosts --json is JSON");
+    assert_eq!(v["total_discovered"], 1, "{v}");
+
+    // Approved under a name of our choosing, and written to a hosts file of the checkout.
+    let file = f.site.join("hosts/rack-b.toml");
+    let file_arg = file.to_str().unwrap();
+    let (code, out, err) = srv.cli(&[
+        "hosts", "approve", new_mac, "--name", "db-b01", "--write", file_arg,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("approved as db-b01 (profile dell-r650)"),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains(
+            "[[host]]\nname = \"db-b01\"\nmac = \"02:00:00:00:00:66\"\nprofile = \"dell-r650\"\n"
+        ),
+        "{written}"
+    );
+    let (code, out, _) = pxeforge_tests::pxeforge(&["check", "--site", f.site.to_str().unwrap()]);
+    assert_eq!(code, 0, "the written hosts file must pass check: {out}");
+    // The name is in the file already: refused before the server is asked.
+    let (code, _, err) = srv.cli(&[
+        "hosts",
+        "approve",
+        "02:00:00:00:00:67",
+        "--name",
+        "db-b01",
+        "--write",
+        file_arg,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already has a host named \"db-b01\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+    let (code, out, err) = srv.cli(&["hosts", "show", "db-b01"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("source      approved"), "{out}");
+
+    // A whole profile without --yes: what would be armed, nothing changed, exit 1.
+    let (code, out, _) = srv.cli(&["hosts", "cancel", "vm-bios-01"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = srv.cli(&["reinstall", "--profile", "qemu-bios"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing changed: add --yes"), "{out}");
+    assert!(out.contains("vm-bios-01: installed -> armed"), "{out}");
+    let state = |host: &str| {
+        let (s, body) = srv.admin_get(&format!("/api/hosts?host={host}"));
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["hosts"][0]["state"].as_str().unwrap_or("-").to_string()
+    };
+    assert_eq!(state("vm-bios-01"), "installed");
+    let (code, out, err) = srv.cli(&["reinstall", "vm-bios-01"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "vm-bios-01: installed -> armed: installs at its next network boot\n"
+    );
+    assert_eq!(state("vm-bios-01"), "armed");
+
+    // Paused: the armed host gets its local-disk script; resumed: its install script.
+    let script = || get(&c, &srv.url(&format!("/ipxe?mac={BIOS_MAC}"))).1;
+    assert_eq!(srv.cli(&["pause"]).0, 0);
+    assert!(!script().contains("inst.ks="), "paused: {}", script());
+    let (_, out, _) = srv.cli(&["hosts"]);
+    assert!(out.contains("INSTALLS PAUSED"), "{out}");
+    assert_eq!(srv.cli(&["resume"]).0, 0);
+    assert!(script().contains("inst.ks="), "resumed: {}", script());
+
+    let (code, out, err) = srv.cli(&["events", "--host", new_mac, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("events --json is JSON");
+    assert_eq!(v["events"][0]["stage"], "discovery", "{v}");
+
+    // A wrong token, and the boot listener mistaken for the admin API.
+    let wrong = f.state.join("wrong.token");
+    std::fs::write(&wrong, "0123456789abcdef\n").unwrap();
+    let admin = format!("http://{}", srv.admin);
+    let (code, _, err) = pxeforge_tests::pxeforge(&[
+        "hosts",
+        "--server",
+        &admin,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && err.contains("wrong.token"), "{err}");
+    let boot = format!("http://{}", srv.http);
+    let (code, _, err) = pxeforge_tests::pxeforge(&[
+        "hosts",
+        "--server",
+        &boot,
+        "--token-file",
+        srv.admin_token_file.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("404") && err.contains("not the boot listener"),
         "{err}"
     );
 }

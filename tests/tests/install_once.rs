@@ -2,7 +2,7 @@
 //! binary. A host is armed (`pxeforge reinstall`, or a raised `generation`), installs once, and
 //! boots its local disk from then on; nothing in the TOML is edited for that.
 
-use pxeforge_tests::{copy_example_site, Server};
+use pxeforge_tests::{copy_example_site, get, ks_url, script, Server};
 use reqwest::blocking::Client;
 use std::path::PathBuf;
 
@@ -41,25 +41,6 @@ fn reinstall(s: &Site, args: &[&str]) -> (i32, String) {
 fn arm(s: &Site, host: &str) {
     let (code, out) = reinstall(s, &[host]);
     assert_eq!(code, 0, "{out}");
-}
-
-fn get(c: &Client, url: &str) -> (u16, String) {
-    let r = c.get(url).send().expect("GET");
-    (r.status().as_u16(), r.text().expect("body"))
-}
-
-fn script(c: &Client, srv: &Server, query: &str) -> String {
-    let (code, body) = get(c, &srv.url(&format!("/ipxe?{query}")));
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
-/// The kickstart URL of an install script, or `None` for any other script.
-fn ks_url(script: &str) -> Option<String> {
-    script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("inst.ks="))
-        .map(str::to_string)
 }
 
 fn token_of(ks: &str) -> String {
@@ -170,7 +151,8 @@ fn finished_with_the_token_ends_the_install_without_editing_toml() {
     let after = script(&c, &srv, &format!("mac={BIOS_MAC}"));
     assert!(is_local(&after), "{after}");
     assert_eq!(get(&c, &ks).0, 403);
-    assert_eq!(post_event(&c, &srv, Some(&token), "finished"), 403);
+    // The build is over: only its last event, sent again, is still answered (see below).
+    assert_eq!(post_event(&c, &srv, Some(&token), "started"), 403);
     // No token ever reaches the log, and no client text starts a line of its own.
     let log = srv.log_text();
     assert!(
@@ -341,4 +323,30 @@ fn a_host_recognised_by_uuid_gets_its_kickstart() {
     assert!(body.contains("# Kickstart for db-a01"), "{body}");
     // Its templates see the MAC it booted with.
     assert!(body.contains("02:00:00:00:00:42"), "{body}");
+}
+
+/// The server is killed after it applied `finished` but before its answer left: the installer
+/// sends the same event again (the example kickstart retries with curl) and must be answered
+/// 201, not 403, or its `%post` fails an install that is done. Nothing else is accepted with
+/// the spent token.
+#[test]
+fn the_last_event_sent_again_is_answered_the_same() {
+    let s = site();
+    arm(&s, "vm-bios-01");
+    let srv = serve(&s);
+    let c = Client::new();
+    let ks = ks_url(&script(&c, &srv, &format!("mac={BIOS_MAC}"))).expect("install script");
+    assert_eq!(get(&c, &ks).0, 200);
+    let token = token_of(&ks);
+    assert_eq!(post_event(&c, &srv, Some(&token), "finished"), 201);
+    assert_eq!(state_of(&s, "vm-bios-01"), "installed");
+    assert_eq!(
+        post_event(&c, &srv, Some(&token), "finished"),
+        201,
+        "the retry"
+    );
+    assert_eq!(state_of(&s, "vm-bios-01"), "installed");
+    assert_eq!(post_event(&c, &srv, Some(&token), "progress"), 403);
+    assert_eq!(post_event(&c, &srv, Some(&token), "failed"), 403);
+    assert!(is_local(&script(&c, &srv, &format!("mac={BIOS_MAC}"))));
 }

@@ -80,11 +80,11 @@ fn serve_with_state_checks_and_serves_that_store() {
     assert_eq!(got.bytes().expect("bytes").as_ref(), tar.as_slice());
 }
 
-/// `pxeforge render kickstart` for a machine that a profile's match rule claimed prints what
-/// `/ks/MAC` serves it: both go through the same selection, which reads the claim from the
-/// state store.
+/// `pxeforge render kickstart` for a machine an operator approved prints what its installer is
+/// served (with `TOKEN` where the build's token goes): both go through the same selection,
+/// which reads the approval from the state store.
 #[test]
-fn render_kickstart_of_a_claimed_machine_is_what_ks_serves() {
+fn render_kickstart_of_an_approved_machine_is_what_its_installer_gets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site");
     std::fs::create_dir_all(&site).expect("site");
@@ -103,19 +103,31 @@ fn render_kickstart_of_a_claimed_machine_is_what_ks_serves() {
     );
     let mac = "b8:ca:3a:99:00:01";
     let c = reqwest::blocking::Client::new();
-    let script = c
-        .get(server.url(&format!(
+    let ask = || {
+        c.get(server.url(&format!(
             "/ipxe?mac={mac}&manufacturer=Dell%20Inc.&product=PowerEdge%20R650"
         )))
         .send()
         .expect("GET /ipxe")
         .text()
-        .expect("script");
-    assert!(script.contains("vmlinuz"), "claimed by dell-r650: {script}");
-    let served = c
-        .get(server.url(&format!("/ks/{mac}")))
-        .send()
-        .expect("GET /ks");
+        .expect("script")
+    };
+    let before = ask();
+    assert!(!before.contains("vmlinuz"), "not approved yet: {before}");
+    let (code, body) = server.admin_post(
+        &format!("/api/discovered/{mac}/approve"),
+        &serde_json::json!({"name": "r650-spare"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let script = ask();
+    let ks = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inst.ks="))
+        .unwrap_or_else(|| panic!("approved: an install script: {script}"))
+        .to_string();
+    let token = ks.split("token=").nth(1).expect("token").to_string();
+    let ks_path = ks.strip_prefix(base).expect("base URL");
+    let served = c.get(server.url(ks_path)).send().expect("GET /ks");
     assert_eq!(served.status(), 200);
     let served = served.text().expect("kickstart");
     let (code, rendered, err) = pxeforge(&[
@@ -131,5 +143,5 @@ fn render_kickstart_of_a_claimed_machine_is_what_ks_serves() {
         base,
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(rendered, served);
+    assert_eq!(rendered.replace("TOKEN", &token), served);
 }

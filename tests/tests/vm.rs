@@ -277,8 +277,10 @@ fn vm_test_in(case: &str, state: &Path, args: &[&str]) -> Run {
 fn assert_full_boot(r: &Run) {
     assert_eq!(r.code, 0, "{}", r.explain());
     assert_eq!(r.report["outcome"], "finished", "{}", r.explain());
-    // A new build-state store holds every host as installed: vm-test armed this one first.
+    // A new build-state store holds every host as installed: vm-test armed this one first
+    // (through the admin API), and the API holds it as installed at the end.
     assert_eq!(r.report["armed"], "installed -> armed", "{}", r.explain());
+    assert_eq!(r.report["state_after"], "installed", "{}", r.explain());
     let host = r.report["host"].as_str().unwrap_or("?");
     assert!(
         r.stdout.contains(&format!(

@@ -106,10 +106,19 @@ pub enum OpenError {
     NotFound,
     #[error("permission denied")]
     PermissionDenied,
-    /// Anything else, EMFILE/ENFILE (out of descriptors) included: never reported to the
-    /// client as "file not found".
+    /// EMFILE/ENFILE: the process (or the system) has no descriptor left. The file may well
+    /// exist, so the client is told the server is busy (and may retry), never "file not found".
+    #[error("out of file descriptors: {0}")]
+    OutOfDescriptors(io::Error),
+    /// Anything else: never reported to the client as "file not found".
     #[error("i/o error: {0}")]
     Io(io::Error),
+}
+
+/// Whether `err` is EMFILE or ENFILE: no descriptor left for the process or the system, a
+/// passing condition that is answered "busy".
+pub fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl From<ConfineError> for OpenError {
@@ -128,6 +137,7 @@ impl From<ConfineError> for OpenError {
             ConfineError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 OpenError::PermissionDenied
             }
+            ConfineError::Io(e) if out_of_descriptors(&e) => OpenError::OutOfDescriptors(e),
             ConfineError::Io(e) => OpenError::Io(e),
         }
     }
@@ -264,13 +274,17 @@ mod tests {
         for errno in [libc::EMFILE, libc::ENFILE] {
             let err = OpenError::from(ConfineError::Io(io::Error::from_raw_os_error(errno)));
             assert!(
-                matches!(&err, OpenError::Io(e) if e.raw_os_error() == Some(errno)),
+                matches!(&err, OpenError::OutOfDescriptors(e) if e.raw_os_error() == Some(errno)),
                 "{err:?}"
             );
         }
         assert!(matches!(
             OpenError::from(ConfineError::Io(io::Error::from_raw_os_error(libc::EACCES))),
             OpenError::PermissionDenied
+        ));
+        assert!(matches!(
+            OpenError::from(ConfineError::Io(io::Error::from_raw_os_error(libc::EIO))),
+            OpenError::Io(_)
         ));
     }
 

@@ -5,6 +5,7 @@
 //! the server and session modules only move datagrams and bytes.
 
 pub mod cache;
+mod clients;
 pub mod confine;
 mod lockstep;
 pub mod metrics;
@@ -45,10 +46,17 @@ pub struct TftpConfig {
     /// New requests accepted per source address and second (a burst of as many is allowed);
     /// further requests get no answer at all. 0 turns the limit off.
     pub max_new_per_source_per_sec: u32,
-    /// Source networks the per-source limit does not apply to.
+    /// Source networks the per-client limits do not apply to: the rate of new requests
+    /// (`max_new_per_source_per_sec`) and the concurrent transfers of one address
+    /// (`max_transfers_per_addr`). For racks behind NAT, load balancers and loopback benches.
     pub rate_limit_exempt: Vec<IpNet>,
-    /// Transfers in progress at once; requests beyond it get "server busy".
+    /// Transfers in progress at once. When the table is full, a new request takes the place
+    /// of the oldest transfer whose client never acknowledged anything (a spoofed request
+    /// cannot); only when every transfer is acknowledged does it get "server busy".
     pub max_transfers: usize,
+    /// Transfers in progress at once for one client IP address (all its ports); at the cap,
+    /// the same rule as `max_transfers` within that address's share, then "busy". 0 = no cap.
+    pub max_transfers_per_addr: usize,
     /// Largest block size agreed to (clients asking for more get this).
     pub max_blksize: u16,
     /// Largest window agreed to (RFC 7440).
@@ -79,6 +87,7 @@ impl Default for TftpConfig {
                 IpNet::new(std::net::Ipv6Addr::LOCALHOST.into(), 128).expect("valid prefix"),
             ],
             max_transfers: 4096,
+            max_transfers_per_addr: 16,
             max_blksize: packet::MAX_BLKSIZE,
             max_windowsize: 64,
             cache: CacheLimits::default(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::cache::{Content, ReadAhead};
 use crate::metrics::TftpMetrics;
 use crate::packet;
-use crate::session::Supersede;
+use crate::session::FirstAck;
 use crate::transfer::{Action, Event, Outcome, Params, Transfer};
 
 /// Tells a blocking transfer to stop, and wakes it if it sits in `recv`, unless disarmed.
@@ -61,8 +61,9 @@ pub(crate) struct Job {
     pub timeout: Duration,
     /// When the whole transfer must be over.
     pub deadline: Instant,
-    /// Older transfers of the same client port, ended at the first acknowledgement.
-    pub supersede: Supersede,
+    /// Confirms the transfer and ends the older ones of the same client port at the first
+    /// acknowledgement.
+    pub first_ack: FirstAck,
     pub metrics: Arc<TftpMetrics>,
 }
 
@@ -80,7 +81,7 @@ pub(crate) fn run(
         oack,
         timeout,
         deadline: hard_deadline,
-        supersede,
+        first_ack,
         metrics,
     } = job;
     let (params, timeout, hard_deadline) = (*params, *timeout, *hard_deadline);
@@ -162,7 +163,7 @@ pub(crate) fn run(
             }
         };
         action = transfer.on_event(event);
-        supersede.check(&transfer);
+        first_ack.check(&transfer);
     }
 }
 

@@ -18,8 +18,15 @@ pub enum Ended {
     WriteRefused,
     /// Malformed request or unsupported mode.
     BadRequest,
-    /// Too many transfers at once.
+    /// Too many transfers at once, every one of them acknowledged by its client; or no file
+    /// descriptor left for the transfer (EMFILE/ENFILE).
     Busy,
+    /// The client's address has `max_transfers_per_addr` transfers running, every one of them
+    /// acknowledged.
+    ClientBusy,
+    /// A transfer whose client never acknowledged anything, ended to make room for a new
+    /// request when the table (or the client address's share of it) was full.
+    Evicted,
     /// Ended by server shutdown, or replaced by a new request from the same client port once
     /// that request's first packet was acknowledged.
     Aborted,
@@ -31,7 +38,7 @@ pub enum Ended {
 }
 
 impl Ended {
-    pub const ALL: [Ended; 13] = [
+    pub const ALL: [Ended; 15] = [
         Ended::Complete,
         Ended::ClientAbort,
         Ended::Timeout,
@@ -41,6 +48,8 @@ impl Ended {
         Ended::WriteRefused,
         Ended::BadRequest,
         Ended::Busy,
+        Ended::ClientBusy,
+        Ended::Evicted,
         Ended::Aborted,
         Ended::IoError,
         Ended::Deadline,
@@ -58,6 +67,8 @@ impl Ended {
             Ended::WriteRefused => "write_refused",
             Ended::BadRequest => "bad_request",
             Ended::Busy => "busy",
+            Ended::ClientBusy => "busy_client",
+            Ended::Evicted => "evicted",
             Ended::Aborted => "aborted",
             Ended::IoError => "io_error",
             Ended::Deadline => "deadline",

@@ -69,7 +69,7 @@ impl RateLimiter {
         }
         // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d: one source either way.
         let ip = ip.to_canonical();
-        if self.exempt.iter().any(|net| net.contains(ip)) {
+        if is_exempt(&self.exempt, ip) {
             return true;
         }
         let rate = f64::from(self.rate);
@@ -83,8 +83,10 @@ impl RateLimiter {
             }
             // Still full: more sources than can be told apart right now. Refusing keeps the
             // limit for the sources already tracked (admitting untracked ones would let a
-            // flood of spoofed sources switch it off); such a flood fills `max_transfers`
-            // within a second anyway.
+            // flood of spoofed sources switch it off). A source that made one request
+            // refills within 1/rate s, so a table full of fresh sources takes a flood of
+            // millions a second; the transfers a slower flood starts are never acknowledged
+            // and only churn through the unconfirmed slots of `max_transfers`.
             if self.buckets.len() >= self.max_sources {
                 return false;
             }
@@ -107,6 +109,23 @@ impl RateLimiter {
     /// Sources currently tracked.
     pub fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+/// Whether `ip` lies in one of the `exempt` networks, which the per-client limits (the rate of
+/// new requests, the concurrent transfers of one client) do not apply to.
+pub fn is_exempt(exempt: &[IpNet], ip: IpAddr) -> bool {
+    exempt.iter().any(|net| net.contains(ip))
+}
+
+/// What a source address counts as for the per-client cap on concurrent transfers: the
+/// address itself (an IPv4-mapped IPv6 address as its IPv4 address), and for IPv6 its /64,
+/// since one host is commonly given a whole /64 and could otherwise use a fresh address for
+/// every request (the same unit as the HTTP per-client cap).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => mask(IpAddr::V6(v6), 64),
+        v4 => v4,
     }
 }
 
@@ -237,6 +256,16 @@ mod tests {
         assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
         assert!(IpNet::new(Ipv4Addr::LOCALHOST.into(), 33).is_err());
         assert!(IpNet::new(Ipv6Addr::LOCALHOST.into(), 128).is_ok());
+    }
+
+    #[test]
+    fn client_keys() {
+        assert_eq!(client_key(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(client_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("2001:db8:1:2::ffff")), ip("2001:db8:1:2::"));
+        assert!(is_exempt(&[net("10.0.0.0/8")], ip("::ffff:10.1.1.1")));
+        assert!(!is_exempt(&[], ip("127.0.0.1")));
     }
 
     #[test]

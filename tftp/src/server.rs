@@ -1,7 +1,6 @@
 //! The listening socket: receives requests, learns which local address each was sent to, and
 //! hands each one to its own task on its own ephemeral socket (RFC 1350 transfer IDs).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -18,10 +17,13 @@ use tokio::task::{AbortHandle, Id, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
+use crate::clients::Admission;
+use crate::confine::out_of_descriptors;
 use crate::metrics::{Ended, TftpMetrics};
 use crate::packet::{self, ErrorCode, Packet};
 use crate::ratelimit::RateLimiter;
-use crate::session::{self, ActiveGuard, OwnedRequest, Shared, Supersede};
+use crate::ratelimit::{client_key, is_exempt};
+use crate::session::{self, ActiveGuard, FirstAck, OwnedRequest, Shared, TransferState};
 use crate::{TftpConfig, TftpError};
 
 /// Requests are small; 2 KiB holds any sane one, and longer datagrams are cut and then refused.
@@ -31,6 +33,9 @@ const REQUEST_BUF: usize = 2048;
 const OPEN_CONCURRENCY: usize = 8;
 /// Large lockstep transfers on threads of their own at once; more run on the async path.
 const LOCKSTEP_THREADS: usize = 32;
+/// Evicted transfers that may still be ending (holding their socket) beyond `max_transfers`:
+/// as many again as `max_transfers`, and at least this many; past it, requests get "busy".
+const ENDING_MARGIN: usize = 256;
 
 /// A bound TFTP server, not yet running.
 pub struct TftpServer {
@@ -82,7 +87,7 @@ impl TftpServer {
                 root,
                 cache,
                 metrics,
-                opens: tokio::sync::Semaphore::new(OPEN_CONCURRENCY),
+                opens: Arc::new(tokio::sync::Semaphore::new(OPEN_CONCURRENCY)),
                 lockstep: Arc::new(tokio::sync::Semaphore::new(LOCKSTEP_THREADS)),
             }),
         })
@@ -285,39 +290,8 @@ struct Listener {
     shared: Arc<Shared>,
 }
 
-/// The running transfers of each client address and port.
-#[derive(Default)]
-struct Clients {
-    by_peer: HashMap<SocketAddr, Vec<(Id, AbortHandle)>>,
-    by_id: HashMap<Id, SocketAddr>,
-}
-
-impl Clients {
-    /// Handles of the transfers running for `peer`.
-    fn running(&self, peer: SocketAddr) -> Vec<AbortHandle> {
-        self.by_peer
-            .get(&peer)
-            .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    fn insert(&mut self, peer: SocketAddr, id: Id, handle: AbortHandle) {
-        self.by_peer.entry(peer).or_default().push((id, handle));
-        self.by_id.insert(id, peer);
-    }
-
-    fn ended(&mut self, id: Id) {
-        let Some(peer) = self.by_id.remove(&id) else {
-            return;
-        };
-        if let Some(list) = self.by_peer.get_mut(&peer) {
-            list.retain(|(task, _)| *task != id);
-            if list.is_empty() {
-                self.by_peer.remove(&peer);
-            }
-        }
-    }
-}
+/// The running transfers, by task.
+type Clients = crate::clients::Clients<Id, AbortHandle>;
 
 impl Listener {
     async fn on_datagram(
@@ -367,29 +341,71 @@ impl Listener {
                 return;
             }
         };
+        let config = &self.shared.config;
+        // Evicted transfers leave the table at once but end only at their task's next poll,
+        // holding a socket until then (those on this thread wait until this loop yields, so a
+        // burst of requests runs ahead of them); how many may be ending at once is bounded.
+        let ending_cap = config
+            .max_transfers
+            .saturating_add(config.max_transfers.max(ENDING_MARGIN))
+            as u64;
+        if metrics.active_transfers() >= ending_cap {
+            tokio::task::yield_now().await;
+            if metrics.active_transfers() >= ending_cap {
+                warn!(client = %peer, active = metrics.active_transfers(), "tftp: too many transfers ending, request refused");
+                self.busy(peer, "server busy", Ended::Busy).await;
+                return;
+            }
+        }
+        // Loopback and `rate_limit_exempt` (NAT, load balancers, benches) have no share.
+        let client = (config.max_transfers_per_addr > 0
+            && !is_exempt(&config.rate_limit_exempt, peer.ip()))
+        .then(|| client_key(peer.ip()));
+        match by_client.admit(client, config.max_transfers_per_addr, config.max_transfers) {
+            Admission::Admit { evicted: None } => {}
+            Admission::Admit {
+                evicted: Some(evicted),
+            } => {
+                // Debug only: a flood of forged requests evicts once per request.
+                debug!(client = %peer, evicted = %evicted, "tftp: table full, the oldest unacknowledged transfer makes room");
+            }
+            Admission::ClientBusy => {
+                // Only transfers this client acknowledged count here, so the address is real
+                // (and the rate limit bounds these lines per source).
+                warn!(client = %peer, max = config.max_transfers_per_addr, "tftp: too many transfers for this client, request refused");
+                self.busy(peer, "busy", Ended::ClientBusy).await;
+                return;
+            }
+            Admission::Busy => {
+                warn!(client = %peer, "tftp: too many transfers, all acknowledged, request refused");
+                self.busy(peer, "server busy", Ended::Busy).await;
+                return;
+            }
+        }
         // The client restarted (or retried) from the same port, or someone spoofed it: the
         // running transfers go on until the new one's first packet is acknowledged.
         let older = by_client.running(peer);
         if !older.is_empty() {
             debug!(client = %peer, running = older.len(), "tftp: new request from a port with a transfer running");
         }
-        let supersede = Supersede::new(older);
-        if metrics.active_transfers() >= self.shared.config.max_transfers as u64 {
-            warn!(client = %peer, "tftp: too many transfers, request refused");
-            let reply = packet::encode_error(ErrorCode::NotDefined, "server busy");
-            let _ = self.socket.send_to(&reply, peer).await;
-            metrics.record(Ended::Busy);
-            return;
-        }
         let (socket, path_mtu) = match transfer_socket(local_ip, peer) {
             Ok(pair) => pair,
+            // Passing, and the client may retry: told so from the listening socket (which
+            // needs no new descriptor), not left to time out.
+            Err(err) if out_of_descriptors(&err) => {
+                warn!(client = %peer, local = %local_ip, error = %err, "tftp: no descriptor for a transfer socket, busy");
+                self.busy(peer, "server busy", Ended::Busy).await;
+                return;
+            }
             Err(err) => {
                 warn!(client = %peer, local = %local_ip, error = %err, "tftp: cannot open transfer socket");
                 metrics.record(Ended::IoError);
                 return;
             }
         };
-        let guard = ActiveGuard::new(metrics.clone());
+        let state = Arc::new(TransferState::default());
+        let first_ack = FirstAck::new(older, state.clone());
+        let guard = ActiveGuard::new(metrics.clone(), state.clone());
         // Transfers are spread over the worker threads; each stays on the one it starts on.
         let worker = &self.workers[self.next_worker.get() % self.workers.len()];
         self.next_worker.set(self.next_worker.get().wrapping_add(1));
@@ -398,7 +414,7 @@ impl Listener {
             // Registered with the runtime of the worker that drives the transfer.
             match UdpSocket::from_std(socket) {
                 Ok(socket) => {
-                    session::serve(shared, socket, peer, request, path_mtu, supersede, guard).await
+                    session::serve(shared, socket, peer, request, path_mtu, first_ack, guard).await
                 }
                 Err(err) => {
                     warn!(client = %peer, error = %err, "tftp: cannot register transfer socket");
@@ -407,7 +423,14 @@ impl Listener {
             }
         };
         let handle = tasks.spawn_on(task, worker);
-        by_client.insert(peer, handle.id(), handle);
+        by_client.insert(handle.id(), peer, handle, state, client);
+    }
+
+    /// Refuses a request with ERROR 0 `message` from the listening socket.
+    async fn busy(&self, peer: SocketAddr, message: &str, ended: Ended) {
+        let reply = packet::encode_error(ErrorCode::NotDefined, message);
+        let _ = self.socket.send_to(&reply, peer).await;
+        self.shared.metrics.record(ended);
     }
 }
 

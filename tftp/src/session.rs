@@ -2,7 +2,9 @@
 //! machine with real packets and timers.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, Content, ReadAhead, Source};
-use crate::confine::{check_name, open_confined, OpenError};
+use crate::confine::{check_name, open_confined, out_of_descriptors, OpenError};
 use crate::lockstep::{self, data_packet, CancelOnDrop, Stats};
 use crate::metrics::{Ended, TftpMetrics};
 use crate::options::{blksize_for_mtu, negotiate, Limits};
@@ -37,22 +39,62 @@ pub(crate) struct Shared {
     pub cache: Cache,
     pub metrics: Arc<TftpMetrics>,
     /// Bounds concurrent opens, so a boot storm does not spawn a blocking thread per request.
-    pub opens: tokio::sync::Semaphore,
+    /// A permit is held by the blocking open itself, so that a transfer aborted meanwhile
+    /// (evicted, replaced) does not let more opens run than this.
+    pub opens: Arc<tokio::sync::Semaphore>,
     /// Bounds the large lockstep transfers that get a thread of their own.
     pub lockstep: Arc<tokio::sync::Semaphore>,
+}
+
+/// Whether a transfer's client has acknowledged anything, shared between the transfer and the
+/// listener (which may evict an unconfirmed transfer to make room for a new request). One
+/// atomic, moved from `UNCONFIRMED` exactly once: a transfer that is confirmed can no longer be
+/// evicted, and an evicted one is not counted as confirmed.
+#[derive(Debug, Default)]
+pub(crate) struct TransferState(AtomicU8);
+
+const UNCONFIRMED: u8 = 0;
+const CONFIRMED: u8 = 1;
+const EVICTED: u8 = 2;
+
+impl TransferState {
+    /// Marks the transfer confirmed unless it was evicted first.
+    pub fn confirm(&self) {
+        let _ =
+            self.0
+                .compare_exchange(UNCONFIRMED, CONFIRMED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn confirmed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == CONFIRMED
+    }
+
+    /// Marks the transfer evicted if its client has not acknowledged anything; returns whether
+    /// it did (the caller then aborts the transfer's task).
+    pub fn evict(&self) -> bool {
+        self.0
+            .compare_exchange(UNCONFIRMED, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn evicted(&self) -> bool {
+        self.0.load(Ordering::Acquire) == EVICTED
+    }
 }
 
 /// Keeps the active-transfer gauge right and records an outcome even when the task is aborted.
 pub(crate) struct ActiveGuard {
     metrics: Arc<TftpMetrics>,
+    state: Arc<TransferState>,
     ended: Option<Ended>,
 }
 
 impl ActiveGuard {
-    pub fn new(metrics: Arc<TftpMetrics>) -> ActiveGuard {
+    pub fn new(metrics: Arc<TftpMetrics>, state: Arc<TransferState>) -> ActiveGuard {
         metrics.transfer_started();
         ActiveGuard {
             metrics,
+            state,
             ended: None,
         }
     }
@@ -60,31 +102,51 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.metrics.record(self.ended.unwrap_or(Ended::Aborted));
+        // Not ended by itself: aborted, by shutdown, a replacing request, or eviction.
+        let ended = self.ended.unwrap_or(if self.state.evicted() {
+            Ended::Evicted
+        } else {
+            Ended::Aborted
+        });
+        self.metrics.record(ended);
         self.metrics.transfer_ended();
     }
 }
 
-/// The transfers of the same client port that a new request replaces. They are ended only
-/// once the new transfer's first packet is acknowledged: a spoofed request (which never sees
-/// that packet) cannot abort a client's running transfer, while a client that really started
-/// over acknowledges at once.
-#[derive(Debug, Default)]
-pub(crate) struct Supersede(Vec<AbortHandle>);
+/// What the client's first acknowledgement of a transfer does: it confirms the transfer (which
+/// the listener then never evicts), and it ends the older transfers of the same client port
+/// that this request replaces. Those are ended only then: a spoofed request (which never sees
+/// the first packet) cannot abort a client's running transfer, while a client that really
+/// started over acknowledges at once.
+#[derive(Debug)]
+pub(crate) struct FirstAck {
+    older: Vec<AbortHandle>,
+    state: Arc<TransferState>,
+    seen: bool,
+}
 
-impl Supersede {
-    pub fn new(older: Vec<AbortHandle>) -> Supersede {
-        Supersede(older)
+impl FirstAck {
+    pub fn new(older: Vec<AbortHandle>, state: Arc<TransferState>) -> FirstAck {
+        FirstAck {
+            older,
+            state,
+            seen: false,
+        }
     }
 
-    /// Ends the older transfers if `transfer` has been acknowledged; called after each event.
+    /// Acts on the first acknowledgement of `transfer`; called after each event.
     pub fn check(&mut self, transfer: &Transfer) {
-        if transfer.acknowledged() && !self.0.is_empty() {
+        if self.seen || !transfer.acknowledged() {
+            return;
+        }
+        self.seen = true;
+        self.state.confirm();
+        if !self.older.is_empty() {
             debug!(
-                replaced = self.0.len(),
+                replaced = self.older.len(),
                 "tftp: acknowledged new request replaces the old transfer"
             );
-            for older in self.0.drain(..) {
+            for older in self.older.drain(..) {
                 older.abort();
             }
         }
@@ -99,7 +161,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     request: OwnedRequest,
     path_mtu: Option<u32>,
-    supersede: Supersede,
+    first_ack: FirstAck,
     mut guard: ActiveGuard,
 ) {
     // Only for log lines: a client's control characters are escaped there, so that a file
@@ -107,7 +169,7 @@ pub(crate) async fn serve(
     let name = String::from_utf8_lossy(&request.filename)
         .escape_debug()
         .to_string();
-    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu, supersede).await;
+    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu, first_ack).await;
     guard.ended = Some(ended);
 }
 
@@ -134,7 +196,7 @@ async fn serve_inner(
     name: &str,
     request: OwnedRequest,
     path_mtu: Option<u32>,
-    mut supersede: Supersede,
+    mut first_ack: FirstAck,
 ) -> Ended {
     if request.write {
         warn!(client = %peer, path = %name, "tftp: write request refused");
@@ -162,6 +224,17 @@ async fn serve_inner(
         }
         Err(LoadError::Open(OpenError::PermissionDenied)) => {
             return refuse(socket, peer, name, &"permission denied").await
+        }
+        // Passing: the client is told to come back (PXE firmware retries its request).
+        Err(LoadError::Open(OpenError::OutOfDescriptors(err))) => {
+            warn!(client = %peer, path = %name, error = %err, "tftp: no descriptor to open the file, busy");
+            send_error(socket, ErrorCode::NotDefined, "server busy").await;
+            return Ended::Busy;
+        }
+        Err(LoadError::Io(err)) if out_of_descriptors(&err) => {
+            warn!(client = %peer, path = %name, error = %err, "tftp: no descriptor to read the file, busy");
+            send_error(socket, ErrorCode::NotDefined, "server busy").await;
+            return Ended::Busy;
         }
         Err(err) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: cannot read file");
@@ -200,23 +273,35 @@ async fn serve_inner(
     let deadline = started + shared.config.deadline_for(content.len());
     let size = content.len();
     let streamed_lockstep = params.windowsize == 1 && matches!(content, Content::File { .. });
-    let permit = if streamed_lockstep {
-        shared.lockstep.clone().try_acquire_owned().ok()
+    let thread = if streamed_lockstep {
+        shared
+            .lockstep
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| match duplicates(socket) {
+                Ok(fds) => Some((permit, fds)),
+                // Out of descriptors, most likely: the async path needs none.
+                Err(err) => {
+                    debug!(client = %peer, error = %err, "tftp: no descriptors for a lockstep thread, async path");
+                    None
+                }
+            })
     } else {
         None
     };
-    let (outcome, stats) = match permit {
-        Some(permit) => {
+    let (outcome, stats) = match thread {
+        Some((permit, fds)) => {
             let job = lockstep::Job {
                 content,
                 params,
                 oack,
                 timeout,
                 deadline,
-                supersede,
+                first_ack,
                 metrics: shared.metrics.clone(),
             };
-            run_on_thread(socket, job, permit).await
+            run_on_thread(fds, job, permit).await
         }
         None => {
             let mut stats = Stats::default();
@@ -230,7 +315,7 @@ async fn serve_inner(
                 socket,
                 &content,
                 plan,
-                &mut supersede,
+                &mut first_ack,
                 &shared.metrics,
                 &mut stats,
             )
@@ -282,9 +367,15 @@ enum LoadError {
 
 /// Opens and reads on the blocking pool so that a slow disk never stalls the socket loops.
 async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Content, LoadError> {
-    let _permit = shared.opens.acquire().await.map_err(|_| LoadError::Join)?;
+    let permit = shared
+        .opens
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| LoadError::Join)?;
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let opened = open_confined(&shared.root, &relative)?;
         let size = opened.metadata.len();
         if mode == Mode::Netascii && size > shared.config.netascii_max_size {
@@ -304,18 +395,21 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
     .map_err(|_| LoadError::Join)?
 }
 
-/// Runs a transfer on the blocking pool with a duplicate of `socket`; if this future is
-/// dropped (shutdown, or a new request from the client port), the thread is told to stop.
+/// Two duplicates of the transfer socket's descriptor: one for the blocking thread, one to
+/// cancel it with.
+fn duplicates(socket: &UdpSocket) -> std::io::Result<(std::net::UdpSocket, OwnedFd)> {
+    let dup = || socket2::SockRef::from(socket).try_clone();
+    Ok((dup()?.into(), dup()?.into()))
+}
+
+/// Runs a transfer on the blocking pool with a duplicate of the transfer socket; if this future
+/// is dropped (shutdown, eviction, or a new request from the client port), the thread is told
+/// to stop.
 async fn run_on_thread(
-    socket: &UdpSocket,
+    (blocking, waker): (std::net::UdpSocket, OwnedFd),
     mut job: lockstep::Job,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> (std::io::Result<Outcome>, Stats) {
-    let dup = |s: &UdpSocket| socket2::SockRef::from(s).try_clone();
-    let (blocking, waker) = match (dup(socket), dup(socket)) {
-        (Ok(a), Ok(b)) => (std::net::UdpSocket::from(a), std::os::fd::OwnedFd::from(b)),
-        (Err(err), _) | (_, Err(err)) => return (Err(err), Stats::default()),
-    };
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cancel = CancelOnDrop::new(flag.clone(), waker);
     let thread = tokio::task::spawn_blocking(move || {
@@ -355,7 +449,7 @@ async fn run(
         timeout,
         deadline,
     }: Plan<'_>,
-    supersede: &mut Supersede,
+    first_ack: &mut FirstAck,
     metrics: &TftpMetrics,
     stats: &mut Stats,
 ) -> std::io::Result<Outcome> {
@@ -429,7 +523,7 @@ async fn run(
             }
         };
         action = transfer.on_event(event);
-        supersede.check(&transfer);
+        first_ack.check(&transfer);
     }
 }
 

@@ -223,19 +223,32 @@ async fn transfer_limit_answers_busy_and_shutdown_ends_transfers() {
         c.timeout = Duration::from_secs(60);
     })
     .await;
+    // Both transfers acknowledged (an unacknowledged one would make room for the next request:
+    // `flood_of_unacknowledged_requests_does_not_lock_out_a_client`).
     let mut held = Vec::new();
     for _ in 0..2 {
         let sock = client().await;
         sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
-        let (pkt, _) = recv(&sock).await;
+        let (pkt, tid) = recv(&sock).await;
         assert_eq!(data_block(&pkt), Some((1, 512)));
+        sock.send_to(&packet::encode_ack(1), tid).await.unwrap();
+        let (pkt, _) = recv(&sock).await;
+        assert_eq!(data_block(&pkt), Some((2, 512)));
         held.push(sock);
     }
     let sock = client().await;
     sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
-    let (pkt, _) = recv(&sock).await;
-    assert!(is_error(&pkt), "{pkt:?}");
+    let (pkt, from) = recv(&sock).await;
+    assert_eq!(from, server.addr, "busy comes from the listening port");
+    assert_eq!(
+        packet::parse(&pkt).ok(),
+        Some(Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: b"server busy"
+        })
+    );
     wait_outcome(&server.metrics, Ended::Busy, 1).await;
+    assert_eq!(server.metrics.transfers(Ended::Evicted), 0);
     let metrics = server.metrics.clone();
     assert_eq!(metrics.active_transfers(), 2);
     server.stop().await;
@@ -835,5 +848,160 @@ async fn netascii_streams_from_disk_with_window_restarts() {
     }
     assert!(restarts > 10, "{restarts} window restarts");
     wait_outcome(&server.metrics, Ended::Complete, 1).await;
+    server.stop().await;
+}
+
+/// A flood of requests that are never acknowledged (spoofed sources cannot acknowledge) fills
+/// the transfer table; a real client must still be served: each new request takes the place of
+/// the oldest unacknowledged transfer, as a SYN cache does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_unacknowledged_requests_does_not_lock_out_a_client() {
+    let t = tree();
+    let data = pattern(20_000, 27);
+    std::fs::write(t.root.join("f"), &data).unwrap();
+    let server = start("127.0.0.1:0", &t.root, |c| {
+        c.max_transfers = 8;
+        // Unacknowledged transfers would hold their slot for 2 minutes.
+        c.timeout = Duration::from_secs(60);
+    })
+    .await;
+    // One acknowledged transfer, which the flood must leave alone.
+    let steady = client().await;
+    steady.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (pkt, steady_tid) = recv(&steady).await;
+    assert_eq!(data_block(&pkt), Some((1, 512)));
+    steady
+        .send_to(&packet::encode_ack(1), steady_tid)
+        .await
+        .unwrap();
+    let (pkt, _) = recv(&steady).await;
+    assert_eq!(data_block(&pkt), Some((2, 512)));
+    // 200 requests from 50 ports that never acknowledge (and never read their replies).
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        flood.push(client().await);
+    }
+    for _ in 0..4 {
+        for sock in &flood {
+            sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for("the flood is admitted", || {
+        server.metrics.transfers(Ended::Evicted) >= 150
+    })
+    .await;
+    assert_eq!(server.metrics.transfers(Ended::Busy), 0);
+    // The real client gets its file.
+    let sock = client().await;
+    assert_eq!(
+        fetch_raw(&sock, server.addr, &rrq(b"f", &[("blksize", "1024")])).await,
+        Fetch::Data(data.clone())
+    );
+    // And the acknowledged transfer ran on through the flood (blocks 1 and 2 seen above).
+    let mut got = data[..512].to_vec();
+    got.extend_from_slice(&pkt[4..]);
+    for block in 2u16..=39 {
+        steady
+            .send_to(&packet::encode_ack(block), steady_tid)
+            .await
+            .unwrap();
+        let pkt = recv_from_tid(&steady, steady_tid).await;
+        assert_eq!(data_block(&pkt).map(|(b, _)| b), Some(block + 1));
+        got.extend_from_slice(&pkt[4..]);
+    }
+    steady
+        .send_to(&packet::encode_ack(40), steady_tid)
+        .await
+        .unwrap();
+    assert_eq!(got, data);
+    wait_outcome(&server.metrics, Ended::Complete, 2).await;
+    assert!(server.metrics.active_transfers() <= 8 + 1);
+    server.stop().await;
+}
+
+/// One client address may hold `max_transfers_per_addr` transfers (over all its ports); at the
+/// cap its oldest unacknowledged transfer makes room, and when all are acknowledged it gets
+/// ERROR 0 "busy". Other addresses, and exempt ones, are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_cap_on_concurrent_transfers() {
+    let t = tree();
+    std::fs::write(t.root.join("f"), pattern(10_000, 28)).unwrap();
+    let server = start("127.0.0.1:0", &t.root, |c| {
+        c.timeout = Duration::from_secs(60);
+        c.max_transfers_per_addr = 3;
+        c.max_new_per_source_per_sec = 0;
+        c.rate_limit_exempt = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    // Three acknowledged transfers from three ports of 127.0.0.2.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let sock = client_on("127.0.0.2").await;
+        sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+        let (pkt, tid) = recv(&sock).await;
+        assert_eq!(data_block(&pkt), Some((1, 512)));
+        sock.send_to(&packet::encode_ack(1), tid).await.unwrap();
+        let (pkt, _) = recv(&sock).await;
+        assert_eq!(data_block(&pkt), Some((2, 512)));
+        held.push((sock, tid));
+    }
+    // A fourth from yet another port: busy, from the listening port.
+    let sock = client_on("127.0.0.2").await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (pkt, from) = recv(&sock).await;
+    assert_eq!(from, server.addr);
+    assert_eq!(
+        packet::parse(&pkt).ok(),
+        Some(Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: b"busy"
+        })
+    );
+    wait_outcome(&server.metrics, Ended::ClientBusy, 1).await;
+    assert_eq!(server.metrics.active_transfers(), 3);
+    // Another address has its own share; an exempt one has no cap.
+    let mut others = Vec::new();
+    for ip in [
+        "127.0.0.3",
+        "127.0.0.1",
+        "127.0.0.1",
+        "127.0.0.1",
+        "127.0.0.1",
+    ] {
+        let sock = client_on(ip).await;
+        sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+        let (pkt, from) = recv(&sock).await;
+        assert_ne!(from, server.addr, "{ip}");
+        assert_eq!(data_block(&pkt), Some((1, 512)), "{ip}");
+        others.push(sock);
+    }
+    assert_eq!(server.metrics.transfers(Ended::ClientBusy), 1);
+    // 127.0.0.3 at its cap with unacknowledged transfers: each new request takes the place of
+    // the oldest of them instead of being refused.
+    for _ in 0..4 {
+        let sock = client_on("127.0.0.3").await;
+        sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+        let (pkt, from) = recv(&sock).await;
+        assert_ne!(from, server.addr);
+        assert_eq!(data_block(&pkt), Some((1, 512)));
+        others.push(sock);
+    }
+    wait_outcome(&server.metrics, Ended::Evicted, 2).await;
+    assert_eq!(server.metrics.transfers(Ended::ClientBusy), 1);
+    wait_for("127.0.0.2: 3, 127.0.0.3: 3, 127.0.0.1: 4", || {
+        server.metrics.active_transfers() == 10
+    })
+    .await;
+    // A slot the client frees is usable again.
+    let abort = packet::encode_error(ErrorCode::NotDefined, "done");
+    let (sock, tid) = &held[0];
+    sock.send_to(&abort, *tid).await.unwrap();
+    wait_outcome(&server.metrics, Ended::ClientAbort, 1).await;
+    let sock = client_on("127.0.0.2").await;
+    sock.send_to(&rrq(b"f", &[]), server.addr).await.unwrap();
+    let (pkt, from) = recv(&sock).await;
+    assert_ne!(from, server.addr);
+    assert_eq!(data_block(&pkt), Some((1, 512)));
     server.stop().await;
 }

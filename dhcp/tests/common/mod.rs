@@ -137,16 +137,22 @@ pub fn site(pool: bool) -> DhcpSite {
     DhcpSite {
         hosts,
         boot_files: BootFiles::default(),
-        pool: pool.then(|| Pool {
-            start: Ipv4Addr::new(10, 0, 0, 100),
-            end: Ipv4Addr::new(10, 0, 0, 103),
-            prefix: 24,
-            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            dns: vec![Ipv4Addr::new(10, 0, 0, 1)],
-            domain: None,
-        }),
-        lease_time_secs: 3600,
         base_url: None,
         http_port: 8080,
+        pools: pool
+            .then(|| Pool {
+                start: Ipv4Addr::new(10, 0, 0, 100),
+                end: Ipv4Addr::new(10, 0, 0, 103),
+                prefix: 24,
+                router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                dns: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                domain: None,
+            })
+            .into_iter()
+            .collect(),
+        lease_time_secs: 3600,
+        // Short probes: the namespace tests wait for offers that follow them.
+        ping_timeout_ms: 300,
+        ..DhcpSite::default()
     }
 }

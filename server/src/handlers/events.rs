@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pxeforge_site::Mac;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
@@ -94,13 +94,35 @@ enum Refused {
     Unavailable(String),
 }
 
-/// The host whose build `token` belongs to, after applying what `status` does to its state
-/// (`finished` → installed, `failed` → failed). Refused when no live build has this token.
+/// Whether `token` may post `status` now, and for which host: the same decision that is
+/// applied afterwards, taken on the current record without changing it.
+async fn check(
+    st: &AppState,
+    token: String,
+    status: String,
+    remote: SocketAddr,
+) -> Result<String, Refused> {
+    run_event_decision(st, token, status, remote, false).await
+}
+
+/// Applies what `status` does to the host's state (`finished` → installed, `failed` →
+/// failed). Refused when no live build has this token (or the event is not the one that ended
+/// the last build, sent again).
 async fn authorize(
     st: &AppState,
     token: String,
     status: String,
     remote: SocketAddr,
+) -> Result<String, Refused> {
+    run_event_decision(st, token, status, remote, true).await
+}
+
+async fn run_event_decision(
+    st: &AppState,
+    token: String,
+    status: String,
+    remote: SocketAddr,
+    apply: bool,
 ) -> Result<String, Refused> {
     let cat = st.catalog.load_full();
     let policy = super::scripts::policy(&cat);
@@ -114,12 +136,16 @@ async fn authorize(
         };
         let source = remote.ip().to_string();
         let now = crate::events::now();
-        let accepted = build.decide(&record.host, now, |r| {
-            match lifecycle::on_event(r, &token, &status, &source, now, &policy, &mut new_token) {
-                None => (false, None),
-                Some((rec, _)) if rec == *r => (true, None),
-                Some(change) => (true, Some(change)),
-            }
+        let decide = |r: &crate::lifecycle::Record| {
+            lifecycle::on_event(r, &token, &status, &source, now, &policy, &mut new_token)
+        };
+        if !apply {
+            return Ok(decide(&record).is_some().then_some(record.host));
+        }
+        let accepted = build.decide(&record.host, now, |r| match decide(r) {
+            None => (false, None),
+            Some((rec, _)) if rec == *r => (true, None),
+            Some(change) => (true, Some(change)),
         })?;
         Ok((accepted == Some(true)).then_some(record.host))
     })
@@ -176,15 +202,19 @@ pub async fn post_event(
     let Some(token) = bearer_token(&headers).or_else(|| token_from_query(q.as_deref())) else {
         return reject(StatusCode::FORBIDDEN, "no build token".into());
     };
-    let host = match authorize(&st, token, ev.status.clone(), remote).await {
-        Ok(host) => Some(host),
-        Err(Refused::Token) => {
-            return reject(StatusCode::FORBIDDEN, "no valid build token".into());
-        }
-        Err(Refused::Unavailable(e)) => {
+    // The event is stored before the state changes, and the change is answered only once both
+    // are done: a server killed in between leaves the event stored and the build where it was,
+    // and the installer's retry (of an event already applied, too) is answered the same.
+    let refused = |r: Refused| match r {
+        Refused::Token => reject(StatusCode::FORBIDDEN, "no valid build token".into()),
+        Refused::Unavailable(e) => {
             tracing::error!(error = %e, "build state unavailable: event refused");
-            return (StatusCode::SERVICE_UNAVAILABLE, "build state unavailable\n").into_response();
+            (StatusCode::SERVICE_UNAVAILABLE, "build state unavailable\n").into_response()
         }
+    };
+    let host = match check(&st, token.clone(), ev.status.clone(), remote).await {
+        Ok(host) => Some(host),
+        Err(r) => return refused(r),
     };
     let event = Event {
         id: 0,
@@ -197,157 +227,25 @@ pub async fn post_event(
         remote: remote.ip().to_string(),
     };
     tracing::info!(mac = %event.mac, host = ?host, stage = %event.stage, status = %event.status, message = &*pxeforge_httpd::log_safe(&event.message), "install event");
+    let status = event.status.clone();
     let store = st.events.clone();
     let stored = tokio::task::spawn_blocking(move || store.record(&event)).await;
-    match stored {
-        Ok(Ok(id)) => {
-            st.metrics.events_received.fetch_add(1, Ordering::Relaxed);
-            (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
-        }
+    let id = match stored {
+        Ok(Ok(id)) => id,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "could not store event");
-            (StatusCode::SERVICE_UNAVAILABLE, "event store unavailable\n").into_response()
+            return (StatusCode::SERVICE_UNAVAILABLE, "event store unavailable\n").into_response();
         }
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    if let Err(r) = authorize(&st, token, status, remote).await {
+        // The record changed between the check and now (the token expired, an operator
+        // re-armed the host): the event is kept, the change is not made.
+        tracing::warn!(id, "event stored, but its build changed meanwhile: refused");
+        return refused(r);
     }
-}
-
-#[derive(Serialize)]
-struct HostView {
-    name: String,
-    macs: Vec<String>,
-    profile: String,
-    install: bool,
-    last_event: Option<Event>,
-}
-
-#[derive(Serialize)]
-struct DiscoveredView {
-    mac: String,
-    profile: Option<String>,
-    facts: serde_json::Value,
-    seen_at: i64,
-    last_event: Option<Event>,
-}
-
-/// One page of `/api/hosts`: inventory hosts and discovered machines, paged separately.
-#[derive(Serialize)]
-struct HostsPage {
-    hosts: Vec<HostView>,
-    discovered: Vec<DiscoveredView>,
-    total_hosts: u64,
-    total_discovered: u64,
-    limit: u32,
-    offset: u64,
-}
-
-/// `?limit=N&offset=M&host=NAME|MAC`.
-#[derive(Debug, Deserialize)]
-pub struct HostsQuery {
-    limit: Option<u32>,
-    offset: Option<u64>,
-    /// An inventory host's name, or a MAC: the host that owns it, or the discovered machine.
-    host: Option<String>,
-}
-
-pub const HOSTS_PAGE_DEFAULT: u32 = 100;
-pub const HOSTS_PAGE_MAX: u32 = 1000;
-
-pub async fn api_hosts(
-    State(st): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<HostsQuery>,
-) -> Response {
-    let cat = st.catalog.load_full();
-    let store = st.events.clone();
-    let limit = q.limit.unwrap_or(HOSTS_PAGE_DEFAULT).min(HOSTS_PAGE_MAX);
-    let offset = q.offset.unwrap_or(0);
-    let res = tokio::task::spawn_blocking(move || -> Result<_, crate::events::EventsError> {
-        let site = &cat.site;
-        // `?host=` with nothing after it selects nothing in particular: the whole list.
-        let wanted = q.host.as_deref().filter(|h| !h.is_empty());
-        let wanted_mac = wanted.and_then(|h| h.parse::<Mac>().ok());
-        let selected: Vec<&pxeforge_site::Host> = site
-            .hosts
-            .iter()
-            .filter(|h| match wanted {
-                None => true,
-                Some(name) => h.name == name || wanted_mac.is_some_and(|m| h.macs.contains(&m)),
-            })
-            .collect();
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let page: Vec<&pxeforge_site::Host> = selected
-            .iter()
-            .skip(skip)
-            .take(limit as usize)
-            .copied()
-            .collect();
-        // Discovered machines whose MAC has since joined the inventory are shown as hosts.
-        let (discovered, total_discovered) = match (wanted, wanted_mac) {
-            (None, _) => {
-                let inventory: Vec<String> = site
-                    .hosts
-                    .iter()
-                    .flat_map(|h| h.macs.iter().map(|m| m.to_string()))
-                    .collect();
-                store.discovered_page(&inventory, limit, offset)?
-            }
-            (Some(_), Some(m)) if site.host_by_mac(&m).is_none() => {
-                let one = store.discovered_one(&m.to_string())?;
-                let total = u64::from(one.is_some());
-                let shown = one.filter(|_| offset == 0 && limit > 0);
-                (shown.into_iter().collect(), total)
-            }
-            (Some(_), _) => (Vec::new(), 0),
-        };
-        let macs: Vec<String> = page
-            .iter()
-            .flat_map(|h| h.macs.iter().map(|m| m.to_string()))
-            .chain(discovered.iter().map(|d| d.mac.clone()))
-            .collect();
-        let mut last = store.last_for_macs(&macs)?;
-        let hosts = page
-            .iter()
-            .map(|h| HostView {
-                name: h.name.clone(),
-                macs: h.macs.iter().map(|m| m.to_string()).collect(),
-                profile: h.profile.clone(),
-                install: h.install,
-                last_event: h
-                    .macs
-                    .iter()
-                    .filter_map(|m| last.get(&m.to_string()))
-                    .max_by_key(|e| e.id)
-                    .cloned(),
-            })
-            .collect();
-        let discovered = discovered
-            .into_iter()
-            .map(|d| DiscoveredView {
-                last_event: last.remove(&d.mac),
-                facts: serde_json::from_str(&d.facts).unwrap_or(serde_json::Value::Null),
-                mac: d.mac,
-                profile: d.profile,
-                seen_at: d.seen_at,
-            })
-            .collect();
-        Ok(HostsPage {
-            hosts,
-            discovered,
-            total_hosts: selected.len() as u64,
-            total_discovered,
-            limit,
-            offset,
-        })
-    })
-    .await;
-    match res {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "event store");
-            (StatusCode::SERVICE_UNAVAILABLE, "event store unavailable\n").into_response()
-        }
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    st.metrics.events_received.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
 }
 
 #[cfg(test)]

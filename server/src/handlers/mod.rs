@@ -27,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         crate::events::Limits::from_settings(&catalog.load().site.settings.install)
     }));
     let limiter = Arc::new(RateLimiter::default());
-    Router::new()
+    let router = Router::new()
         .route("/boot.ipxe", get(scripts::bootstrap))
         .route("/ipxe", get(scripts::host_script))
         .route("/ks", get(scripts::kickstart_by_headers))
@@ -39,12 +39,18 @@ pub fn router(state: AppState) -> Router {
                 limit_events,
             )),
         )
-        .route("/api/hosts", get(events::api_hosts))
         .route("/assets/{*path}", get(assets))
         .route("/tftp/{*path}", get(tftp_files))
         .route("/images/{recipe}/{profile}/{id}/{*file}", get(images))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }));
+    // The boot network gets the counters only where a site says so; the admin listener
+    // always serves them.
+    let router = if state.catalog.load().config.admin.metrics_on_boot_listener {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -148,7 +154,7 @@ async fn images(
     files::serve(&root, &rel, &method, &headers)
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
+pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::new();
     st.metrics.write_prometheus(&mut out);
     for w in st.extra_metrics.iter() {

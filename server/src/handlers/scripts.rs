@@ -5,7 +5,7 @@ use super::state::{base_url, AppState};
 use crate::buildstate::new_token;
 use crate::catalog::Catalog;
 use crate::lifecycle::{self, Kickstart, Policy, Script};
-use crate::render::{self, KsAccess};
+use crate::render;
 use crate::select::{self, facts_from_query, BuildScript, Facts, KickstartChoice, ScriptChoice};
 use crate::templates::RenderError;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -50,7 +50,18 @@ pub async fn host_script(
     };
     let cat = st.catalog.load();
     let base = base_url(&cat, &headers);
-    let mut choice = select::select(&cat.site, &facts);
+    // A zero-touch profile claims an unknown machine for good on its first request.
+    let auto = match select::select(&cat.site, &st.build.claims(), &facts) {
+        ScriptChoice::Matched { profile, mac } if profile.auto_install => {
+            Some((mac, profile.name.clone()))
+        }
+        _ => None,
+    };
+    if let Some((mac, profile)) = auto {
+        auto_approve(&st, mac, profile, remote).await;
+    }
+    let claims = st.build.claims();
+    let mut choice = select::select(&cat.site, &claims, &facts);
     if let ScriptChoice::Host {
         host,
         profile,
@@ -58,37 +69,49 @@ pub async fn host_script(
     } = &mut choice
     {
         if select::tracked(host, profile) {
-            *build = build_script(&st, &cat, host, &facts, remote).await;
+            *build = if st.build.paused() {
+                BuildScript::Local
+            } else {
+                build_script(&st, &cat, host, &facts, remote).await
+            };
         }
     }
     let outcome = match &choice {
         ScriptChoice::Host { .. } => "host",
         ScriptChoice::Matched { .. } => "matched",
+        ScriptChoice::Rejected { .. } => "rejected",
         ScriptChoice::Unknown => match cat.site.settings.install.unknown_hosts {
             UnknownHostPolicy::Local => "unknown_local",
             UnknownHostPolicy::Discover => "unknown_discover",
         },
     };
-    if let ScriptChoice::Host {
-        host,
-        profile,
-        build,
-    } = &choice
-    {
-        let script = match build {
-            BuildScript::Install { .. } => "install",
-            BuildScript::Local => "local",
-            BuildScript::Untracked => "by profile",
-        };
-        tracing::info!(mac = ?facts.mac, host = %host.name, profile = %profile.name, script, "host script");
-    } else {
-        let matched = match &choice {
-            ScriptChoice::Matched { profile, .. } => Some(profile.name.clone()),
-            _ => None,
-        };
-        tracing::info!(mac = ?facts.mac, manufacturer = ?facts.manufacturer, product = ?facts.product, profile = ?matched, "unknown machine");
-        if let Some(mac) = facts.mac {
-            remember_unknown(&st, mac, matched.as_deref(), &facts).await;
+    match &choice {
+        ScriptChoice::Host {
+            host,
+            profile,
+            build,
+        } => {
+            let script = match build {
+                BuildScript::Install { .. } => "install",
+                BuildScript::Local if st.build.paused() => "local (installs paused)",
+                BuildScript::Local => "local",
+                BuildScript::Wait => "wait (install cap)",
+                BuildScript::Untracked => "by profile",
+            };
+            tracing::info!(mac = ?facts.mac, host = %host.name, profile = %profile.name, script, "host script");
+        }
+        ScriptChoice::Rejected { mac } => {
+            tracing::info!(%mac, "rejected machine: local boot");
+        }
+        ScriptChoice::Matched { .. } | ScriptChoice::Unknown => {
+            let matched = match &choice {
+                ScriptChoice::Matched { profile, .. } => Some(profile.name.clone()),
+                _ => None,
+            };
+            tracing::info!(mac = ?facts.mac, manufacturer = ?facts.manufacturer, product = ?facts.product, suggested_profile = ?matched, "unknown machine: waits for approval");
+            if let Some(mac) = facts.mac {
+                remember_unknown(&st, mac, matched.as_deref(), &facts, remote).await;
+            }
         }
     }
     match render::render_ipxe(&cat, &base, &choice, &facts) {
@@ -100,6 +123,31 @@ pub async fn host_script(
             st.metrics.script("error");
             render_failed(e)
         }
+    }
+}
+
+/// Approves an unknown machine for a profile with `auto_install`, under its default name; the
+/// claim is recorded with the address that asked. A refusal (the name is taken) leaves it
+/// discovered, for an operator.
+async fn auto_approve(st: &AppState, mac: Mac, profile: String, remote: SocketAddr) {
+    let build = st.build.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let name = select::default_name(mac);
+        let source = format!(
+            "auto_install of profile {profile}, requested from {}",
+            remote.ip()
+        );
+        build
+            .approve(&mac.to_string(), &name, &profile, true, &source)
+            .map(|_| name)
+    })
+    .await;
+    match res {
+        Ok(Ok(name)) => {
+            tracing::warn!(%mac, host = %name, "unknown machine approved by auto_install: it installs now")
+        }
+        Ok(Err(e)) => tracing::error!(%mac, error = %e, "auto_install: not approved"),
+        Err(e) => tracing::error!(%mac, error = %e, "auto_install task failed"),
     }
 }
 
@@ -116,12 +164,13 @@ async fn build_script(
     let name = host.name.clone();
     let (mac, platform) = (facts.mac.map(|m| m.to_string()), facts.platform.clone());
     let build = st.build.clone();
+    let cap = cat.site.settings.install.max_installing;
     let decided = tokio::task::spawn_blocking(move || {
         let source = remote.ip().to_string();
         let now = crate::events::now();
-        build.decide(&name, now, |r| {
+        build.decide_capped(&name, now, cap, |r, room| {
             let (script, mut change) =
-                lifecycle::on_script(r, now, &policy, &source, &mut new_token);
+                lifecycle::on_script(r, now, &policy, &source, &mut new_token, room);
             // The record keeps the MAC and platform the host booted with, for its kickstart.
             if matches!(script, Script::Install { .. }) {
                 let base = change.as_ref().map_or(r, |(rec, _)| rec);
@@ -140,6 +189,7 @@ async fn build_script(
     match decided {
         Ok(Ok(Some(Script::Install { token }))) => BuildScript::Install { token },
         Ok(Ok(Some(Script::Local))) => BuildScript::Local,
+        Ok(Ok(Some(Script::Wait))) => BuildScript::Wait,
         Ok(Ok(None)) => {
             tracing::warn!(host = %host.name, "no build-state record (the store is reconciled at every load): local boot");
             BuildScript::Local
@@ -165,7 +215,13 @@ pub fn policy(cat: &Catalog) -> Policy {
 
 /// An unknown machine's facts become an event (the discovery report) and, when a match rule
 /// claimed it, the profile is remembered so `/ks/MAC` works for it, across restarts too.
-async fn remember_unknown(st: &AppState, mac: Mac, profile: Option<&str>, facts: &Facts) {
+async fn remember_unknown(
+    st: &AppState,
+    mac: Mac,
+    profile: Option<&str>,
+    facts: &Facts,
+    remote: SocketAddr,
+) {
     let store = st.events.clone();
     let facts_json = serde_json::to_string(facts).unwrap_or_default();
     let profile = profile.map(str::to_string);
@@ -188,7 +244,8 @@ async fn remember_unknown(st: &AppState, mac: Mac, profile: Option<&str>, facts:
             },
             message: facts_json,
             at: now,
-            remote: String::new(),
+            // Who made the claim: anyone can send any facts for any MAC.
+            remote: remote.ip().to_string(),
         })
     })
     .await;
@@ -197,25 +254,13 @@ async fn remember_unknown(st: &AppState, mac: Mac, profile: Option<&str>, facts:
     }
 }
 
-/// The kickstart of a machine that a profile's match rule claimed, by its MAC (as
-/// `pxeforge render` does). Inventory hosts are not served here: their kickstart URL names the
-/// host and carries its build's token.
-async fn kickstart_by_mac(st: &AppState, mac: Mac, headers: &HeaderMap) -> Response {
+/// `/ks/MAC` and `/ks` with sendmac headers: no kickstart is served by MAC. A host (in the
+/// inventory, or approved) gets its kickstart at the URL of its install script, with its
+/// build's token; a machine that is neither gets none, whatever profile its facts suggest.
+async fn kickstart_by_mac(st: &AppState, mac: Mac) -> Response {
     let cat = st.catalog.load_full();
-    let base = base_url(&cat, headers);
-    // Only an unknown MAC needs the store: the claim a match rule made when it asked for /ipxe.
-    let claimed = if cat.site.host_by_mac(&mac).is_none() {
-        let store = st.events.clone();
-        let key = mac.to_string();
-        tokio::task::spawn_blocking(move || store.discovered_profile(&key))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-    } else {
-        None
-    };
-    match select::select_kickstart(&cat.site, mac, || claimed) {
+    let claims = st.build.claims();
+    match select::select_kickstart(&cat.site, &claims, mac) {
         KickstartChoice::Host { host, .. } => (
             StatusCode::FORBIDDEN,
             format!(
@@ -224,12 +269,6 @@ async fn kickstart_by_mac(st: &AppState, mac: Mac, headers: &HeaderMap) -> Respo
             ),
         )
             .into_response(),
-        KickstartChoice::Claimed { host, profile } => {
-            match render::render_kickstart(&cat, &base, &host, profile, mac, None, KsAccess::Mac) {
-                Ok(s) => kickstart_text(s),
-                Err(e) => render_failed(e),
-            }
-        }
         KickstartChoice::NotInstalled { host } => (
             StatusCode::NOT_FOUND,
             format!(
@@ -238,9 +277,11 @@ async fn kickstart_by_mac(st: &AppState, mac: Mac, headers: &HeaderMap) -> Respo
             ),
         )
             .into_response(),
-        KickstartChoice::Unknown => {
-            (StatusCode::NOT_FOUND, format!("no host with MAC {mac}\n")).into_response()
-        }
+        KickstartChoice::Unknown => (
+            StatusCode::NOT_FOUND,
+            format!("no host with MAC {mac}: an unknown machine is installed only once an operator approves it\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -269,7 +310,7 @@ pub async fn kickstart(
         return host_kickstart(&st, &name, &token, remote, &headers).await;
     }
     match name.parse::<Mac>() {
-        Ok(m) => kickstart_by_mac(&st, m, &headers).await,
+        Ok(m) => kickstart_by_mac(&st, m).await,
         Err(_) => (StatusCode::FORBIDDEN, "no valid token\n").into_response(),
     }
 }
@@ -289,8 +330,9 @@ async fn host_kickstart(
     headers: &HeaderMap,
 ) -> Response {
     let cat = st.catalog.load_full();
+    let claims = st.build.claims();
     let forbidden = || (StatusCode::FORBIDDEN, "no valid token\n").into_response();
-    let Some(host) = cat.site.host_by_name(name) else {
+    let Some(host) = select::host_by_name(&cat.site, &claims, name) else {
         return forbidden();
     };
     let Some(profile) = cat.site.profiles.get(&host.profile) else {
@@ -344,7 +386,6 @@ async fn host_kickstart(
         .or_else(|| host.macs.first().copied())
         .unwrap_or_default();
     let base = base_url(&cat, headers);
-    let ks = KsAccess::Token(token);
     match render::render_kickstart(
         &cat,
         &base,
@@ -352,15 +393,15 @@ async fn host_kickstart(
         profile,
         mac,
         record.platform.as_deref(),
-        ks,
+        token,
     ) {
         Ok(s) => kickstart_text(s),
         Err(e) => render_failed(e),
     }
 }
 
-/// `/ks` with Anaconda's `inst.ks.sendmac` headers: for machines a match rule claimed. An
-/// inventory host named by them is refused: its kickstart needs its build token.
+/// `/ks` with Anaconda's `inst.ks.sendmac` headers: never a kickstart (see
+/// `kickstart_by_mac`), but an answer that says where the host's kickstart is.
 pub async fn kickstart_by_headers(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let macs = select::macs_from_sendmac(
         headers
@@ -369,7 +410,7 @@ pub async fn kickstart_by_headers(State(st): State<AppState>, headers: HeaderMap
     );
     let chosen = select::sendmac_choice(&st.catalog.load().site, &macs);
     match chosen {
-        Some(mac) => kickstart_by_mac(&st, mac, &headers).await,
+        Some(mac) => kickstart_by_mac(&st, mac).await,
         None => (
             StatusCode::BAD_REQUEST,
             "no X-RHN-Provisioning-MAC-N header: boot with inst.ks.sendmac or use /ks/MAC\n",

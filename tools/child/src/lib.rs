@@ -7,6 +7,7 @@
 //! pxeforge: tftp listening on 127.0.0.1:40123
 //! pxeforge: dhcp proxy listening on 0.0.0.0:67 (interface lo)
 //! pxeforge: http listening on 127.0.0.1:8080
+//! pxeforge: admin listening on 127.0.0.1:8081 (http, token file /srv/pxe/state/admin.token)
 //! pxeforge: ready
 //! ```
 //!
@@ -16,6 +17,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -33,12 +35,38 @@ pub struct DhcpListener {
     pub interface: String,
 }
 
+/// The admin API's listener: where it is, whether it speaks TLS, and the file holding the
+/// bearer token every request needs (absolute, as `serve` resolved it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListener {
+    pub addr: SocketAddr,
+    /// `https` rather than `http`.
+    pub tls: bool,
+    pub token_file: PathBuf,
+}
+
+impl AdminListener {
+    /// The base URL of the API, e.g. `http://127.0.0.1:8081` (no trailing slash).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The token, read from its file and trimmed as the server does.
+    pub fn token(&self) -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(&self.token_file)?
+            .trim()
+            .to_string())
+    }
+}
+
 /// A line of the startup contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyLine {
     Http(SocketAddr),
     Tftp(SocketAddr),
     Dhcp(DhcpListener),
+    Admin(AdminListener),
     Ready,
 }
 
@@ -56,6 +84,25 @@ pub fn parse_line(line: &str) -> Option<ReadyLine> {
     }
     if let Some(a) = rest.strip_prefix("tftp listening on ") {
         return a.parse().ok().map(ReadyLine::Tftp);
+    }
+    // admin listening on <addr> (http|https, token file <path>): the path comes last and is
+    // taken whole up to the final ')', so that one with spaces or parentheses survives.
+    if let Some(a) = rest.strip_prefix("admin listening on ") {
+        let (addr, rest) = a.split_once(" (")?;
+        let (scheme, path) = rest.strip_suffix(')')?.split_once(", token file ")?;
+        let tls = match scheme {
+            "http" => false,
+            "https" => true,
+            _ => return None,
+        };
+        if path.is_empty() {
+            return None;
+        }
+        return Some(ReadyLine::Admin(AdminListener {
+            addr: addr.parse().ok()?,
+            tls,
+            token_file: PathBuf::from(path),
+        }));
     }
     // dhcp <mode> listening on <addr> (interface <name>)
     let rest = rest.strip_prefix("dhcp ")?;
@@ -79,6 +126,8 @@ pub struct Listening {
     pub http: Option<SocketAddr>,
     pub tftp: Option<SocketAddr>,
     pub dhcp: Vec<DhcpListener>,
+    /// The admin API (`serve` prints it when the admin listener is bound).
+    pub admin: Option<AdminListener>,
     /// `pxeforge: ready` was seen.
     pub ready: bool,
     /// Every stdout line up to and including `pxeforge: ready`, as printed.
@@ -97,6 +146,7 @@ impl Listening {
             Some(ReadyLine::Http(a)) => self.http = Some(a),
             Some(ReadyLine::Tftp(a)) => self.tftp = Some(a),
             Some(ReadyLine::Dhcp(d)) => self.dhcp.push(d),
+            Some(ReadyLine::Admin(a)) => self.admin = Some(a),
             Some(ReadyLine::Ready) => self.ready = true,
             None => {}
         }
@@ -446,6 +496,55 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_admin_line() {
+        let admin = |line| match parse_line(line) {
+            Some(ReadyLine::Admin(a)) => a,
+            other => panic!("{line:?} gave {other:?}"),
+        };
+        let a = admin("pxeforge: admin listening on 127.0.0.1:8081 (http, token file /srv/pxe/state/admin.token)");
+        assert_eq!(
+            a,
+            AdminListener {
+                addr: addr("127.0.0.1:8081"),
+                tls: false,
+                token_file: PathBuf::from("/srv/pxe/state/admin.token"),
+            }
+        );
+        assert_eq!(a.base_url(), "http://127.0.0.1:8081");
+        let a = admin(
+            "pxeforge: admin listening on [::1]:443 (https, token file /a b/(x)/admin.token)\r",
+        );
+        assert!(a.tls);
+        assert_eq!(a.base_url(), "https://[::1]:443");
+        assert_eq!(a.token_file, PathBuf::from("/a b/(x)/admin.token"));
+        for line in [
+            "pxeforge: admin listening on 127.0.0.1:8081",
+            "pxeforge: admin listening on 127.0.0.1:8081 (http)",
+            "pxeforge: admin listening on 127.0.0.1:8081 (ftp, token file /t)",
+            "pxeforge: admin listening on 127.0.0.1:8081 (http, token file )",
+            "pxeforge: admin listening on 127.0.0.1:8081 (http, token file /t",
+            "pxeforge: admin listening on nowhere (http, token file /t)",
+        ] {
+            assert_eq!(parse_line(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_read_trimmed() {
+        let dir = std::env::temp_dir().join(format!("pxeforge-child-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("admin.token");
+        std::fs::write(&file, "abc123\n").unwrap();
+        let a = AdminListener {
+            addr: addr("127.0.0.1:1"),
+            tls: false,
+            token_file: file,
+        };
+        assert_eq!(a.token().unwrap(), "abc123");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn other_lines_are_not_the_contract() {
         for line in [
             "",
@@ -473,15 +572,20 @@ mod tests {
         assert!(!l.observe("pxeforge: dhcp proxy listening on 0.0.0.0:67 (interface lo)"));
         assert!(!l.observe("pxeforge: dhcp proxy listening on 0.0.0.0:4011 (interface lo)"));
         assert!(!l.observe("pxeforge: http listening on 127.0.0.1:8080"));
+        assert!(!l.observe(
+            "pxeforge: admin listening on 127.0.0.1:8081 (https, token file /s/admin.token)"
+        ));
         assert!(l.observe("pxeforge: ready"));
         assert!(!l.observe("  reload the site: kill -HUP 1"));
         assert_eq!(l.http, Some(addr("127.0.0.1:8080")));
         assert_eq!(l.tftp, Some(addr("127.0.0.1:6969")));
         assert_eq!(l.dhcp.len(), 2);
         assert_eq!(l.dhcp[1].addr, addr("0.0.0.0:4011"));
+        let admin = l.admin.as_ref().expect("admin line");
+        assert_eq!((admin.addr, admin.tls), (addr("127.0.0.1:8081"), true));
         assert!(l.ready);
-        assert_eq!(l.lines.len(), 5);
-        assert_eq!(l.lines[4], READY);
+        assert_eq!(l.lines.len(), 6);
+        assert_eq!(l.lines[5], READY);
     }
 
     fn sh(script: &str) -> Command {

@@ -1,7 +1,7 @@
 //! The server under test as a child process, and what /proc says about its resource use.
 
 use anyhow::{Context, Result};
-use pxeforge_child::{DhcpListener, ServeChild};
+use pxeforge_child::{AdminListener, DhcpListener, ServeChild};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,6 +13,8 @@ pub struct ServerChild {
     pub http: SocketAddr,
     pub tftp: Option<SocketAddr>,
     pub dhcp: Vec<DhcpListener>,
+    /// The admin API (arming, the journal); `serve` must be started with `--admin`.
+    pub admin: AdminListener,
 }
 
 impl ServerChild {
@@ -32,17 +34,29 @@ impl ServerChild {
         })?;
         let l = serve.listening();
         let http = l.http.context("pxeforge serve printed no http address")?;
+        let admin = l.admin.clone().with_context(|| {
+            format!(
+                "pxeforge serve printed no `admin listening on` line (a server without the admin API?); its startup lines: {:?}",
+                l.lines
+            )
+        })?;
         let (tftp, dhcp) = (l.tftp, l.dhcp.clone());
         Ok(ServerChild {
             serve,
             http,
             tftp,
             dhcp,
+            admin,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.serve.pid()
+    }
+
+    /// SIGKILL now (no TERM, no grace: what a crash or the OOM killer does), and reap it.
+    pub fn kill(&mut self) {
+        self.serve.stop(Duration::ZERO);
     }
 
     pub fn stats(&self) -> Result<ProcStats> {

@@ -57,6 +57,9 @@ type Waiters = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<wire::Packet>>>>;
 pub struct DhcpClient {
     sock: Arc<UdpSocket>,
     waiters: Waiters,
+    /// Every ACK with an address that reached the clients, whichever transaction it answered
+    /// (retransmissions and late answers included): the run checks no address went to two MACs.
+    pub acks: Arc<super::kill9::Acks>,
     server: Ipv4Addr,
     _rx_task: tokio::task::JoinHandle<()>,
 }
@@ -139,7 +142,8 @@ impl DhcpClient {
         s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())?;
         let sock = Arc::new(UdpSocket::from_std(s.into())?);
         let waiters: Waiters = Arc::default();
-        let (rs, rw) = (sock.clone(), waiters.clone());
+        let acks: Arc<super::kill9::Acks> = Arc::default();
+        let (rs, rw, ra) = (sock.clone(), waiters.clone(), acks.clone());
         let rx_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
@@ -152,6 +156,11 @@ impl DhcpClient {
                 if msg.op != wire::BOOTREPLY {
                     continue;
                 }
+                if msg.msg_type() == Some(ReplyType::Ack.code()) {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&msg.chaddr[..6]);
+                    ra.record(msg.yiaddr, mac);
+                }
                 let tx = rw.lock().ok().and_then(|w| w.get(&msg.xid).cloned());
                 if let Some(tx) = tx {
                     let _ = tx.send(msg);
@@ -161,6 +170,7 @@ impl DhcpClient {
         Ok(DhcpClient {
             sock,
             waiters,
+            acks,
             server,
             _rx_task: rx_task,
         })

@@ -1,11 +1,13 @@
 //! One simulated host's boot, stage by stage, as firmware, iPXE and the installer do it.
 
 use super::dhcp_client::{DhcpClient, Identity, SimDhcp};
-use super::http_client::{Conn, Expect};
-use super::stats::{HostOutcome, Stage};
+use super::http_client::{Conn, Expect, HttpError, Response};
+use super::kill9::{self, Ledger};
+use super::stats::{HostOutcome, InstallsAtOnce, Stage};
 use super::tftp_client;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,57 @@ pub struct Ctx {
     pub http_files: HashMap<String, Arc<Vec<u8>>>,
     /// After `finished`, boot each host once more: it must get the local-boot script.
     pub reboot: bool,
+    /// Installs under way at once, as the hosts see them (`install.max_installing`).
+    pub installs: InstallsAtOnce,
+    /// How long each host's installer runs between its `started` and `finished` events.
+    pub install_time: Duration,
+    /// `--kill-after`: the server will be killed and restarted mid-run. The hosts then ride
+    /// through the outage (a request that fails at the connection is repeated, the host does
+    /// not start over) and record every event the server answers 201 here.
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+impl Ctx {
+    /// Whether a request that failed at the connection is repeated: only when the server is
+    /// killed on purpose, and not once it could not be started again. Without `--kill-after`
+    /// a connection failure stays a failure, as a server that crashed must show.
+    fn rides_through(&self) -> bool {
+        self.ledger
+            .as_ref()
+            .is_some_and(|l| !l.gone.load(Ordering::SeqCst))
+    }
+}
+
+/// One HTTP request as the host's firmware or installer makes it. Riding through a kill, a
+/// request that fails at the connection (refused while the server is down, reset or cut off
+/// when it is killed) is sent again on a new connection every `RETRY_EVERY`, as iPXE and
+/// Anaconda do, until the stage's timeout around it ends the wait. The same request is
+/// repeated rather than the boot started over: a host that is `installing` and boots from the
+/// network again is failed by the server, by design. An answer is returned whatever its status.
+#[allow(clippy::too_many_arguments)] // one per part of the request, as `request_with` takes them
+async fn send(
+    ctx: &Ctx,
+    retries: &AtomicU32,
+    conn: &mut Conn,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    expect: Expect<'_>,
+) -> Result<Response, HttpError> {
+    loop {
+        match conn
+            .request_with(method, target, headers, body, expect)
+            .await
+        {
+            Err(e) if e.is_connection_failure() && ctx.rides_through() => {
+                conn.reset();
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(kill9::RETRY_EVERY).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What a rendered iPXE script makes the host fetch.
@@ -82,6 +135,39 @@ pub fn script_fetches(script: &str) -> Fetches {
     f
 }
 
+/// A wait script: the server holds an armed host back (`install.max_installing`) and tells it
+/// to sleep and boot again from the bootstrap script.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The `sleep` before asking again; None when the script has none (or no number).
+    pub secs: Option<u64>,
+    /// The URL it chains to (`…/boot.ipxe`).
+    pub chain: String,
+}
+
+/// Whether `script` is a wait script: its one fetch is a `chain` to `…/boot.ipxe` (no kernel,
+/// no initrd, no kickstart), with the `sleep` before it. Pure.
+pub fn wait_script(script: &str) -> Option<Wait> {
+    let f = script_fetches(script);
+    let [chain] = f.kernels.as_slice() else {
+        return None;
+    };
+    if !f.initrds.is_empty() || f.kickstart.is_some() || !chain.ends_with("/boot.ipxe") {
+        return None;
+    }
+    let secs = script.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        if w.next()? != "sleep" {
+            return None;
+        }
+        Some(w.next().and_then(|n| n.parse::<u64>().ok()))
+    });
+    Some(Wait {
+        secs: secs.flatten(),
+        chain: chain.clone(),
+    })
+}
+
 /// The build token of `name`'s kickstart URL (the path and query of `inst.ks=` on the simulated
 /// server): it must be `/ks/NAME?token=T` with T 32 hex digits, as the server renders it for
 /// an armed host. Pure.
@@ -117,9 +203,14 @@ fn mac_hyphens(m: &[u8; 6]) -> String {
 
 pub async fn boot(ctx: &Ctx, h: &SimHost) -> HostOutcome {
     let mut out = HostOutcome::default();
-    if let Err(f) = run_stages(ctx, h, &mut out).await {
+    if let Some(l) = &ctx.ledger {
+        l.started.fetch_add(1, Ordering::SeqCst);
+    }
+    let retries = AtomicU32::new(0);
+    if let Err(f) = run_stages(ctx, h, &retries, &mut out).await {
         out.failure = Some(f);
     }
+    out.retries = retries.load(Ordering::Relaxed);
     out
 }
 
@@ -146,6 +237,7 @@ async fn timed<T, E: std::fmt::Display>(
 async fn run_stages(
     ctx: &Ctx,
     h: &SimHost,
+    retries: &AtomicU32,
     out: &mut HostOutcome,
 ) -> Result<(), (Option<Stage>, String)> {
     let expected_boot = if h.uefi {
@@ -165,7 +257,7 @@ async fn run_stages(
             ctx,
             out,
             Stage::Dhcp,
-            client.exchange(&id, xid_base | 1, *mode),
+            dhcp_exchange(ctx, retries, client, &id, xid_base | 1, *mode),
         )
         .await?;
         if lease.boot_file != *expected_boot {
@@ -196,7 +288,7 @@ async fn run_stages(
             ctx,
             out,
             Stage::Tftp,
-            tftp_client::fetch(tftp, &boot_file, ctx.blksize, &data),
+            tftp_fetch(ctx, retries, tftp, &boot_file, &data),
         )
         .await?;
     }
@@ -210,7 +302,7 @@ async fn run_stages(
             ctx,
             out,
             Stage::DhcpIpxe,
-            client.exchange(&id, xid_base | 2, *mode),
+            dhcp_exchange(ctx, retries, client, &id, xid_base | 2, *mode),
         )
         .await?;
         if !lease.boot_file.ends_with("/boot.ipxe") {
@@ -229,7 +321,16 @@ async fn run_stages(
         ctx,
         out,
         Stage::BootScript,
-        conn.request("GET", "/boot.ipxe", None, Expect::Keep),
+        send(
+            ctx,
+            retries,
+            &mut conn,
+            "GET",
+            "/boot.ipxe",
+            &[],
+            None,
+            Expect::Keep,
+        ),
     )
     .await?;
     out.http_bytes += r.length;
@@ -245,21 +346,8 @@ async fn run_stages(
         ("pcbios", "i386")
     };
     let target = format!("/ipxe?mac={}&uuid=&serial=&manufacturer=QEMU&product=Standard%20PC&arch={arch}&platform={platform}", mac_hyphens(&h.mac));
-    let r = timed(
-        ctx,
-        out,
-        Stage::HostScript,
-        conn.request("GET", &target, None, Expect::Keep),
-    )
-    .await?;
-    out.http_bytes += r.length;
-    let script = String::from_utf8_lossy(&r.body).into_owned();
-    if r.status != 200 || !script.contains(&h.name) {
-        return Err(failure(
-            Stage::HostScript,
-            format!("status {}, or the script is not {}'s", r.status, h.name),
-        ));
-    }
+    let prefix = format!("http://{}", ctx.http);
+    let script = host_script(ctx, h, retries, &mut conn, &target, &prefix, out).await?;
     let fetches = script_fetches(&script);
     if fetches.kernels.is_empty() {
         return Err(failure(
@@ -267,7 +355,7 @@ async fn run_stages(
             "the script boots no kernel (the local-boot script: was the host armed?)",
         ));
     }
-    let prefix = format!("http://{}", ctx.http);
+    ctx.installs.start();
     for (stage, urls) in [
         (Stage::Kernel, &fetches.kernels),
         (Stage::Initrd, &fetches.initrds),
@@ -281,7 +369,13 @@ async fn run_stages(
                 Some(d) => Expect::Bytes(d),
                 None => Expect::Keep,
             };
-            let r = timed(ctx, out, stage, conn.request("GET", path, None, expect)).await?;
+            let r = timed(
+                ctx,
+                out,
+                stage,
+                send(ctx, retries, &mut conn, "GET", path, &[], None, expect),
+            )
+            .await?;
             out.http_bytes += r.length;
             if r.status != 200 {
                 return Err(failure(stage, format!("{url}: status {}", r.status)));
@@ -308,7 +402,16 @@ async fn run_stages(
         ctx,
         out,
         Stage::Kickstart,
-        conn.request("GET", &path, None, Expect::Keep),
+        send(
+            ctx,
+            retries,
+            &mut conn,
+            "GET",
+            &path,
+            &[],
+            None,
+            Expect::Keep,
+        ),
     )
     .await?;
     out.http_bytes += r.length;
@@ -329,16 +432,31 @@ async fn run_stages(
     let bearer = format!("Bearer {token}");
     let start = Instant::now();
     for status in ["started", "finished"] {
-        let body = format!(
-            r#"{{"mac":"{}","stage":"install","status":"{status}","message":"fleet-sim {}"}}"#,
+        if status == "finished" {
+            // The install itself (`--install-ms`), between the two events; not part of the
+            // events' stage time.
+            if !ctx.install_time.is_zero() {
+                tokio::time::sleep(ctx.install_time).await;
+            }
+            // Out of the count as it is sent, not when it is answered: see InstallsAtOnce.
+            ctx.installs.end();
+        }
+        let (mac, message) = (
             super::site_gen::mac_string(&h.mac),
-            h.name
+            format!("fleet-sim {}", h.name),
         );
+        let body = format!(
+            r#"{{"mac":"{mac}","stage":"install","status":"{status}","message":"{message}"}}"#
+        );
+        let retried_before = retries.load(Ordering::Relaxed);
         let r = timed(
             ctx,
             out,
             Stage::Events,
-            conn.request_with(
+            send(
+                ctx,
+                retries,
+                &mut conn,
                 "POST",
                 "/events",
                 &[("Authorization", &bearer)],
@@ -347,28 +465,180 @@ async fn run_stages(
             ),
         )
         .await?;
+        let retried = retries.load(Ordering::Relaxed) > retried_before;
         if !(200..300).contains(&r.status) {
             let hint = if r.status == 429 {
                 " (the server's install.events_per_minute limit for one address)"
+            } else if r.status == 403 && retried && status == "finished" {
+                // The first attempt may have been applied (the host installed, its token
+                // spent) before the server died without answering: a repeated `finished`
+                // cannot be told from a stolen token's.
+                " (sent again after the connection failed: the server refuses a repeated \
+                 `finished` whose first attempt it may have applied before the kill)"
             } else {
                 ""
             };
             return Err(failure(
                 Stage::Events,
                 format!(
-                    "{status}: status {}{hint}: {}",
+                    "{}: {status}: status {}{hint}: {}",
+                    h.name,
                     r.status,
                     String::from_utf8_lossy(&r.body).trim_end()
                 ),
             ));
         }
+        if let Some(l) = &ctx.ledger {
+            // What the server answered is what it promised to keep: checked after the run.
+            match kill9::event_id(&r.body) {
+                Some(id) if r.status == 201 => l.record(id, &mac, status, &message),
+                _ => {
+                    l.unreadable.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
     }
-    out.times[Stage::Events.index()] = Some(start.elapsed());
+    out.times[Stage::Events.index()] = Some(start.elapsed().saturating_sub(ctx.install_time));
     out.installed = true;
+    if let Some(l) = &ctx.ledger {
+        l.finished.fetch_add(1, Ordering::SeqCst);
+    }
     if ctx.reboot {
-        second_boot(ctx, h, &target, out).await?;
+        second_boot(ctx, h, retries, &target, out).await?;
     }
     Ok(())
+}
+
+/// One DHCP exchange. Riding through a kill, an exchange that got no answer (the server was
+/// down: the client's own retransmissions ran out) starts again from DISCOVER, as firmware
+/// does, until the stage timeout; a NAK or a wrong answer stays a failure.
+async fn dhcp_exchange(
+    ctx: &Ctx,
+    retries: &AtomicU32,
+    client: &DhcpClient,
+    id: &Identity,
+    xid: u32,
+    mode: SimDhcp,
+) -> Result<super::dhcp_client::Lease, super::dhcp_client::DhcpError> {
+    use super::dhcp_client::DhcpError;
+    loop {
+        match client.exchange(id, xid, mode).await {
+            Err(DhcpError::Timeout(..) | DhcpError::Io(_)) if ctx.rides_through() => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(kill9::RETRY_EVERY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One TFTP download. Riding through a kill, a transfer the server stopped answering (its
+/// transfer socket died with it) is requested again from the start, as firmware does; an
+/// error packet or wrong data stays a failure.
+async fn tftp_fetch(
+    ctx: &Ctx,
+    retries: &AtomicU32,
+    server: SocketAddr,
+    file: &str,
+    data: &[u8],
+) -> Result<u64, tftp_client::TftpError> {
+    use tftp_client::TftpError;
+    loop {
+        match tftp_client::fetch(server, file, ctx.blksize, data).await {
+            Err(TftpError::Timeout(_) | TftpError::Io(_)) if ctx.rides_through() => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(kill9::RETRY_EVERY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The host's script from `/ipxe`. While the server answers with a wait script (the install
+/// cap is reached) the host does what iPXE does with it: sleeps, boots again from `/boot.ipxe`
+/// and asks again, until it gets another script; all its waits together must end within one
+/// stage timeout.
+async fn host_script(
+    ctx: &Ctx,
+    h: &SimHost,
+    retries: &AtomicU32,
+    conn: &mut Conn,
+    target: &str,
+    prefix: &str,
+    out: &mut HostOutcome,
+) -> Result<String, (Option<Stage>, String)> {
+    let deadline = Instant::now() + ctx.stage_timeout;
+    loop {
+        let r = timed(
+            ctx,
+            out,
+            Stage::HostScript,
+            send(ctx, retries, conn, "GET", target, &[], None, Expect::Keep),
+        )
+        .await?;
+        out.http_bytes += r.length;
+        let script = String::from_utf8_lossy(&r.body).into_owned();
+        if r.status != 200 || !script.contains(&h.name) {
+            return Err(failure(
+                Stage::HostScript,
+                format!("status {}, or the script is not {}'s", r.status, h.name),
+            ));
+        }
+        let Some(wait) = wait_script(&script) else {
+            return Ok(script);
+        };
+        out.waits += 1;
+        let secs = wait.secs.ok_or_else(|| {
+            failure(
+                Stage::HostScript,
+                "a wait script with no `sleep N`: iPXE would ask again at once, in a loop",
+            )
+        })?;
+        if wait.chain.strip_prefix(prefix) != Some("/boot.ipxe") {
+            return Err(failure(
+                Stage::HostScript,
+                format!(
+                    "the wait script chains to {}, not to {prefix}/boot.ipxe",
+                    wait.chain
+                ),
+            ));
+        }
+        let pause = Duration::from_secs(secs);
+        if Instant::now() + pause > deadline {
+            return Err(failure(
+                Stage::HostScript,
+                format!(
+                    "no install slot within {:?}: {} wait scripts, the next one {secs} s",
+                    ctx.stage_timeout, out.waits
+                ),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        out.waited += pause;
+        let r = timed(
+            ctx,
+            out,
+            Stage::BootScript,
+            send(
+                ctx,
+                retries,
+                conn,
+                "GET",
+                "/boot.ipxe",
+                &[],
+                None,
+                Expect::Keep,
+            ),
+        )
+        .await?;
+        out.http_bytes += r.length;
+        if r.status != 200 || !String::from_utf8_lossy(&r.body).contains("/ipxe?mac=") {
+            return Err(failure(
+                Stage::BootScript,
+                format!("after a wait: status {}, or no chain to /ipxe", r.status),
+            ));
+        }
+    }
 }
 
 /// The installed host boots again. Its firmware stages are not repeated: what is checked is the
@@ -376,6 +646,7 @@ async fn run_stages(
 async fn second_boot(
     ctx: &Ctx,
     h: &SimHost,
+    retries: &AtomicU32,
     target: &str,
     out: &mut HostOutcome,
 ) -> Result<(), (Option<Stage>, String)> {
@@ -383,18 +654,34 @@ async fn second_boot(
     let (script, length) = timed(ctx, out, Stage::Reboot, async {
         // A rebooted machine opens a new connection.
         let mut conn = Conn::new(ctx.http);
-        let r = conn
-            .request("GET", "/boot.ipxe", None, Expect::Keep)
-            .await
-            .map_err(|e| format!("GET /boot.ipxe: {e}"))?;
+        let r = send(
+            ctx,
+            retries,
+            &mut conn,
+            "GET",
+            "/boot.ipxe",
+            &[],
+            None,
+            Expect::Keep,
+        )
+        .await
+        .map_err(|e| format!("GET /boot.ipxe: {e}"))?;
         if r.status != 200 {
             return Err(format!("GET /boot.ipxe: status {}", r.status));
         }
         let mut length = r.length;
-        let r = conn
-            .request("GET", target, None, Expect::Keep)
-            .await
-            .map_err(|e| format!("GET /ipxe: {e}"))?;
+        let r = send(
+            ctx,
+            retries,
+            &mut conn,
+            "GET",
+            target,
+            &[],
+            None,
+            Expect::Keep,
+        )
+        .await
+        .map_err(|e| format!("GET /ipxe: {e}"))?;
         length += r.length;
         if r.status != 200 {
             return Err(format!("GET /ipxe: status {}", r.status));
@@ -464,5 +751,42 @@ mod tests {
             "sim-00001"
         )
         .is_err());
+    }
+
+    #[test]
+    fn tells_a_wait_script_from_the_others() {
+        // The server's built-in wait script (server/src/templates.rs WAIT_BUILTIN), rendered.
+        let wait =
+            "#!ipxe\necho pxeforge: sim-00001 waits for an install slot; asking again in 1 s\n\
+                    sleep 1\nchain --replace --autofree http://127.0.0.1:8080/boot.ipxe || exit\n";
+        assert_eq!(
+            wait_script(wait),
+            Some(Wait {
+                secs: Some(1),
+                chain: "http://127.0.0.1:8080/boot.ipxe".into()
+            })
+        );
+        assert_eq!(
+            wait_script("#!ipxe\nchain http://h/boot.ipxe\n"),
+            Some(Wait {
+                secs: None,
+                chain: "http://h/boot.ipxe".into()
+            })
+        );
+        assert_eq!(
+            wait_script("#!ipxe\nsleep soon\nchain http://h/boot.ipxe\n").map(|w| w.secs),
+            Some(None)
+        );
+        // An install script, the local-boot script and the bootstrap script are not waits.
+        let install =
+            "#!ipxe\nkernel http://h/vmlinuz inst.ks=http://h/ks/a?token=t || goto failed\n\
+                       initrd http://h/initrd.img\nboot || goto failed\n:failed\nsleep 10\n\
+                       chain http://h/boot.ipxe\n";
+        assert_eq!(wait_script(install), None);
+        assert_eq!(wait_script("#!ipxe\nsanboot --drive 0x80\nexit 1\n"), None);
+        assert_eq!(
+            wait_script("#!ipxe\nchain --replace --autofree http://h/ipxe?mac=${mac:hexhyp}\n"),
+            None
+        );
     }
 }

@@ -29,6 +29,18 @@ pub enum HttpError {
     TooLarge(u64),
 }
 
+impl HttpError {
+    /// The request failed because of the connection (refused, reset, closed mid-answer), not
+    /// because of what the server answered: what a server that is down or restarting causes,
+    /// and what a client may repeat. A malformed or wrong answer is not one.
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Connect(..) | HttpError::Io(_) | HttpError::Truncated { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub status: u16,
@@ -85,6 +97,7 @@ pub struct Response {
 }
 
 /// Where a request's body bytes go.
+#[derive(Clone, Copy)]
 pub enum Expect<'a> {
     /// Keep the body (small responses).
     Keep,
@@ -108,6 +121,12 @@ impl Conn {
             buf: vec![0; READ_SIZE],
             filled: 0,
         }
+    }
+
+    /// Drops the connection (and anything half read from it): the next request opens a new one.
+    pub fn reset(&mut self) {
+        self.stream = None;
+        self.filled = 0;
     }
 
     /// Sends one request and reads its response, reconnecting once if a kept-alive connection

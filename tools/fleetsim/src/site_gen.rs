@@ -15,6 +15,11 @@ pub const REPO_DIR: &str = "sim-repo";
 /// answer a storm with 429; the simulation measures the server, not that limit.
 pub const EVENTS_PER_MINUTE: u32 = 10_000_000;
 
+/// `install.discover_retry_secs` of the simulated site under `--max-installing`: how long a
+/// host held back by the cap sleeps before asking again. The default (60 s) would make a run
+/// mostly sleep; one second keeps the slots busy and still tests the wait-and-retry path.
+pub const WAIT_RETRY_SECS: u32 = 1;
+
 /// A locally administered MAC per host index (02:50:46 = "PF").
 pub fn mac_for(i: usize) -> [u8; 6] {
     let b = (i as u32).to_be_bytes();
@@ -57,8 +62,10 @@ pub fn hosts_toml(n: usize, profiles: &[String]) -> Result<String> {
 
 /// The site's settings with every release's install repository at `repo_url`, the
 /// advertised base URL taken from each request (the simulation's server is on loopback), and
-/// the per-address event limit raised to `EVENTS_PER_MINUTE` (one address is the whole fleet).
-pub fn rewrite_settings(text: &str, repo_url: &str) -> Result<String> {
+/// the per-address event limit raised to `EVENTS_PER_MINUTE` (one address is the whole fleet),
+/// and with `max_installing` (`--max-installing`) that cap, its waiting hosts asking again
+/// every `WAIT_RETRY_SECS`; without it the site's own cap and retry are left alone.
+pub fn rewrite_settings(text: &str, repo_url: &str, max_installing: Option<u32>) -> Result<String> {
     let mut doc: toml::Table = toml::from_str(text).context("parsing pxeforge.toml")?;
     if let Some(toml::Value::Table(server)) = doc.get_mut("server") {
         server.insert("base_url".into(), toml::Value::String(String::new()));
@@ -71,6 +78,16 @@ pub fn rewrite_settings(text: &str, repo_url: &str) -> Result<String> {
             "events_per_minute".into(),
             toml::Value::Integer(i64::from(EVENTS_PER_MINUTE)),
         );
+        if let Some(cap) = max_installing {
+            install.insert(
+                "max_installing".into(),
+                toml::Value::Integer(i64::from(cap)),
+            );
+            install.insert(
+                "discover_retry_secs".into(),
+                toml::Value::Integer(i64::from(WAIT_RETRY_SECS)),
+            );
+        }
         if let Some(toml::Value::Table(releases)) = install.get_mut("releases") {
             for (_, rel) in releases.iter_mut() {
                 if let toml::Value::Table(rel) = rel {
@@ -182,7 +199,7 @@ mod tests {
             "[server]\nbase_url = \"http://x\"\n[install.releases.9]\nrepo = \"http://m/9\"\n\
                     [install.releases.10]\nrepo = \"http://m/10\"\n";
         let out: toml::Table =
-            toml::from_str(&rewrite_settings(text, "http://127.0.0.1:1/assets/r").unwrap())
+            toml::from_str(&rewrite_settings(text, "http://127.0.0.1:1/assets/r", None).unwrap())
                 .unwrap();
         assert_eq!(out["server"]["base_url"].as_str(), Some(""));
         for r in ["9", "10"] {
@@ -198,12 +215,32 @@ mod tests {
         // A site without an [install] table (or with its own limit) gets it too.
         for text in ["[server]\n", "[install]\nevents_per_minute = 5\n"] {
             let out: toml::Table =
-                toml::from_str(&rewrite_settings(text, "http://r").unwrap()).unwrap();
+                toml::from_str(&rewrite_settings(text, "http://r", None).unwrap()).unwrap();
             assert_eq!(
                 out["install"]["events_per_minute"].as_integer(),
                 Some(i64::from(EVENTS_PER_MINUTE))
             );
         }
+    }
+
+    #[test]
+    fn max_installing_sets_the_cap_and_a_short_retry_or_leaves_the_site_alone() {
+        let text = "[install]\nmax_installing = 3\ndiscover_retry_secs = 60\n";
+        let capped: toml::Table =
+            toml::from_str(&rewrite_settings(text, "http://r", Some(5)).unwrap()).unwrap();
+        assert_eq!(capped["install"]["max_installing"].as_integer(), Some(5));
+        assert_eq!(
+            capped["install"]["discover_retry_secs"].as_integer(),
+            Some(i64::from(WAIT_RETRY_SECS))
+        );
+        let own: toml::Table =
+            toml::from_str(&rewrite_settings(text, "http://r", None).unwrap()).unwrap();
+        assert_eq!(own["install"]["max_installing"].as_integer(), Some(3));
+        assert_eq!(own["install"]["discover_retry_secs"].as_integer(), Some(60));
+        // A site with no [install] table gets the cap too.
+        let bare: toml::Table =
+            toml::from_str(&rewrite_settings("[server]\n", "http://r", Some(2)).unwrap()).unwrap();
+        assert_eq!(bare["install"]["max_installing"].as_integer(), Some(2));
     }
 
     #[test]

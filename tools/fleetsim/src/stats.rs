@@ -2,6 +2,7 @@
 //! limited the run. Pure functions, so the arithmetic is tested without a server.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The stages of one host's boot, in the order a real host goes through them.
@@ -65,6 +66,98 @@ pub struct HostOutcome {
     pub local_after_install: bool,
     pub http_bytes: u64,
     pub tftp_bytes: u64,
+    /// Wait scripts the host got (`install.max_installing` held it back), and the time it
+    /// slept on them before asking again.
+    pub waits: u32,
+    pub waited: Duration,
+    /// Requests repeated after a connection-level failure (`--kill-after`: the server was down).
+    pub retries: u32,
+}
+
+/// Installs under way as the simulated hosts see them: one from the moment a host has its
+/// install script until it sends `finished`.
+///
+/// The host leaves the count when it *sends* `finished`, not when the 201 comes back: the
+/// server frees the slot before it answers, and may hand it to another host whose install
+/// script can reach the simulator before that 201 does; counting to the 201 would see one
+/// install too many without the server having overshot. Counted this way, every host's span
+/// lies inside the server's own span for it, so the maximum can only exceed the cap if the
+/// server let more than the cap start.
+#[derive(Debug, Default)]
+pub struct InstallsAtOnce {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl InstallsAtOnce {
+    /// A host received its install script.
+    pub fn start(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// A host sent its `finished` event.
+    pub fn end(&self) {
+        // Saturating: an unmatched end must not wrap the count to usize::MAX.
+        let _ = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// Installs under way at once over the run, by the simulated hosts and by the server, against
+/// the cap in effect (`install.max_installing` of the simulated site).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Installs {
+    /// Most installs under way at once, counted by the simulated hosts (`InstallsAtOnce`).
+    pub max: usize,
+    /// The cap in effect; None: no cap (`max_installing = 0`).
+    pub cap: Option<u32>,
+    /// Most `installing` that `GET /api/status` on the admin API reported.
+    pub server_max: Option<u64>,
+    /// `max_installing` as that status reported it (the last answer).
+    pub server_cap: Option<u64>,
+    /// Status polls answered, and the first one that was not.
+    pub server_polls: usize,
+    pub poll_error: Option<String>,
+}
+
+impl Installs {
+    /// Why the cap did not hold (empty: it held, or there is none). Pure.
+    pub fn violations(&self) -> Vec<String> {
+        let Some(cap) = self.cap.filter(|c| *c > 0) else {
+            return Vec::new();
+        };
+        let mut v = Vec::new();
+        if self.max > cap as usize {
+            v.push(format!(
+                "installs at once: max {} over the cap {cap} (counted by the simulated hosts)",
+                self.max
+            ));
+        }
+        if let Some(m) = self.server_max.filter(|m| *m > u64::from(cap)) {
+            v.push(format!(
+                "installs at once: GET /api/status reported {m} installing, over the cap {cap}"
+            ));
+        }
+        if self.server_polls == 0 {
+            v.push(format!(
+                "GET /api/status never answered, so the server's count is unchecked: {}",
+                self.poll_error.as_deref().unwrap_or("no poll was made")
+            ));
+        } else if self.server_cap != Some(u64::from(cap)) {
+            v.push(format!(
+                "the server reports max_installing {}, not {cap}: the cap did not take effect",
+                self.server_cap
+                    .map_or_else(|| "(none)".to_string(), |c| c.to_string())
+            ));
+        }
+        v
+    }
 }
 
 /// Nearest-rank percentile of an ascending slice; None when empty.
@@ -169,12 +262,15 @@ pub fn verdict(u: &Usage) -> String {
 pub struct Report<'a> {
     pub header: String,
     pub outcomes: &'a [HostOutcome],
-    /// Hosts `pxeforge reinstall --all` armed before the server started.
+    /// Hosts armed through the admin API (`POST /api/reinstall`, all) before the boots.
     pub armed: usize,
     /// Whether every host booted a second time after its install (`--reboot`).
     pub reboot: bool,
     pub usage: Usage,
+    pub installs: Installs,
     pub notes: Vec<String>,
+    /// `--kill-after`: the kill, the ride-through and the checks of what must survive it.
+    pub kill: Option<super::kill9::KillReport>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -220,6 +316,38 @@ pub fn render(r: &Report<'_>) -> String {
     } else {
         let _ = writeln!(out, "second boot: not simulated (--reboot)");
     }
+    let i = &r.installs;
+    let _ = writeln!(
+        out,
+        "installs at once: max {} ({})",
+        i.max,
+        i.cap
+            .map_or_else(|| "no cap".to_string(), |c| format!("cap {c}"))
+    );
+    match i.server_max {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "installs at once, the server's count: max {m} installing (GET /api/status, {} polls)",
+                i.server_polls
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "installs at once, the server's count: unknown ({})",
+                i.poll_error.as_deref().unwrap_or("no poll answered")
+            );
+        }
+    }
+    let waits: u64 = r.outcomes.iter().map(|o| u64::from(o.waits)).sum();
+    let waiting_hosts = r.outcomes.iter().filter(|o| o.waits > 0).count();
+    let waited: Duration = r.outcomes.iter().map(|o| o.waited).sum();
+    let _ = writeln!(
+        out,
+        "waits for an install slot: {waits} ({waiting_hosts} hosts, {:.1} s slept in all)",
+        waited.as_secs_f64()
+    );
     let _ = writeln!(
         out,
         "transferred: HTTP {:.2} GiB ({:.2} GiB/s), TFTP {:.1} MiB",
@@ -269,6 +397,15 @@ pub fn render(r: &Report<'_>) -> String {
         );
     }
     let _ = writeln!(out, "limit: {}", verdict(u));
+    if let Some(k) = &r.kill {
+        render_kill(&mut out, k, installed);
+    }
+    for v in r.installs.violations() {
+        let _ = writeln!(out, "FAILED: {v}");
+    }
+    for v in r.kill.iter().flat_map(|k| k.violations()) {
+        let _ = writeln!(out, "FAILED: {v}");
+    }
     for f in failed.iter().take(10) {
         if let Some((stage, why)) = &f.failure {
             let _ = writeln!(
@@ -279,6 +416,175 @@ pub fn render(r: &Report<'_>) -> String {
         }
     }
     out
+}
+
+/// The lines of a `--kill-after` run: the kill, the ride-through, and each check's count.
+fn render_kill(out: &mut String, k: &super::kill9::KillReport, installed: usize) {
+    match &k.kill {
+        Some(kill) => {
+            let restart = match (kill.new_pid, kill.ready_in) {
+                (Some(pid), Some(t)) => format!(
+                    "pid {pid} ready {:.1} s later on the same addresses",
+                    t.as_secs_f64()
+                ),
+                _ => "not started again".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "kill -9: after {} hosts finished ({} booting), pid {} killed, down {:.1} s, {restart}",
+                kill.finished_at_kill,
+                kill.in_flight,
+                kill.old_pid,
+                kill.down.as_secs_f64()
+            );
+            let _ = writeln!(
+                out,
+                "hosts finished after the restart: {}",
+                installed.saturating_sub(kill.finished_at_kill)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "kill -9: never sent (fewer than {} hosts finished)",
+                k.kill_after
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "ride-through: {} requests repeated after connection failures ({} hosts)",
+        k.retries, k.retrying_hosts
+    );
+    let stored = k.answered.saturating_sub(k.missing.len());
+    let _ = writeln!(
+        out,
+        "events answered 201: {} ({} before the kill), in the store afterwards: {}",
+        k.answered,
+        k.answered_before_kill,
+        match &k.events_error {
+            Some(_) => "not checked".to_string(),
+            None => format!("{stored} of {}", k.answered),
+        }
+    );
+    match &k.dhcp {
+        Some(d) => {
+            let doubles = if d.doubles.is_empty() {
+                "none to two MACs".to_string()
+            } else {
+                format!("{} to two MACs or more", d.doubles.len())
+            };
+            let db = match &d.lease_rows {
+                Ok(n) => format!(
+                    "leases.db: {n} rows, {} in conflict with the ACKs",
+                    d.lease_conflicts.len()
+                ),
+                Err(_) => "leases.db: not read".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "dhcp leases: {} ACKs with an address, {} addresses, {doubles}; {db}",
+                d.acks, d.addresses
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "dhcp leases: not checked (no reservation-mode DHCP in this run)"
+            );
+        }
+    }
+}
+
+fn kill_json(k: &super::kill9::KillReport) -> serde_json::Value {
+    serde_json::json!({
+        "kill_after": k.kill_after,
+        "sent": k.kill.is_some(),
+        "finished_at_kill": k.kill.as_ref().map(|x| x.finished_at_kill),
+        "in_flight": k.kill.as_ref().map(|x| x.in_flight),
+        "old_pid": k.kill.as_ref().map(|x| x.old_pid),
+        "new_pid": k.kill.as_ref().and_then(|x| x.new_pid),
+        "down_secs": k.kill.as_ref().map(|x| x.down.as_secs_f64()),
+        "ready_secs": k.kill.as_ref().and_then(|x| x.ready_in).map(|t| t.as_secs_f64()),
+        "error": k.kill.as_ref().and_then(|x| x.error.clone()),
+        "retries": k.retries,
+        "retrying_hosts": k.retrying_hosts,
+        "events_answered": k.answered,
+        "events_answered_before_kill": k.answered_before_kill,
+        "events_missing": k.missing,
+        "events_error": k.events_error,
+        "unreadable_ids": k.unreadable_ids,
+        "dhcp": k.dhcp.as_ref().map(|d| serde_json::json!({
+            "acks": d.acks,
+            "addresses": d.addresses,
+            "doubles": d.doubles,
+            "lease_rows": d.lease_rows.as_ref().ok(),
+            "lease_error": d.lease_rows.as_ref().err(),
+            "lease_conflicts": d.lease_conflicts,
+        })),
+        "violations": k.violations(),
+    })
+}
+
+/// The report as JSON (`--json FILE`): the same numbers as `render`, for scripts. Pure.
+pub fn render_json(r: &Report<'_>) -> serde_json::Value {
+    let n = r.outcomes.len();
+    let failed = r.outcomes.iter().filter(|o| o.failure.is_some()).count();
+    let wall = r.usage.wall.as_secs_f64();
+    let i = &r.installs;
+    let stages: Vec<serde_json::Value> = summarize(r.outcomes)
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "stage": s.stage.name(),
+                "count": s.count,
+                "p50_ms": ms(s.p50),
+                "p99_ms": ms(s.p99),
+                "max_ms": ms(s.max),
+            })
+        })
+        .collect();
+    let failures: Vec<serde_json::Value> = r
+        .outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref())
+        .map(|(stage, why)| serde_json::json!({"stage": stage.map(|s| s.name()), "why": why}))
+        .collect();
+    let u = &r.usage;
+    serde_json::json!({
+        "header": r.header,
+        "notes": r.notes,
+        "hosts": n,
+        "booted": n - failed,
+        "failures": failed,
+        "wall_secs": wall,
+        "hosts_per_minute": if wall > 0.0 { (n - failed) as f64 * 60.0 / wall } else { 0.0 },
+        "armed": r.armed,
+        "installed": r.outcomes.iter().filter(|o| o.installed).count(),
+        "local_after_install": r.reboot.then(|| r.outcomes.iter().filter(|o| o.local_after_install).count()),
+        "waits": r.outcomes.iter().map(|o| u64::from(o.waits)).sum::<u64>(),
+        "waiting_hosts": r.outcomes.iter().filter(|o| o.waits > 0).count(),
+        "waited_secs": r.outcomes.iter().map(|o| o.waited).sum::<Duration>().as_secs_f64(),
+        "installs_at_once": {
+            "max": i.max,
+            "cap": i.cap,
+            "server_max": i.server_max,
+            "server_cap": i.server_cap,
+            "server_polls": i.server_polls,
+            "poll_error": i.poll_error,
+            "violations": i.violations(),
+        },
+        "http_bytes": r.outcomes.iter().map(|o| o.http_bytes).sum::<u64>(),
+        "tftp_bytes": r.outcomes.iter().map(|o| o.tftp_bytes).sum::<u64>(),
+        "stages": stages,
+        "server": {"peak_rss_kib": u.server_peak_rss_kib, "cpu_secs": u.server_cpu_secs},
+        "clients_cpu_secs": u.clients_cpu_secs,
+        "cpus": u.cpus,
+        "machine_busy": u.machine_busy,
+        "limit": verdict(u),
+        "failed": failures,
+        "kill": r.kill.as_ref().map(kill_json),
+    })
 }
 
 #[cfg(test)]
@@ -322,7 +628,9 @@ mod tests {
                 cpus: 2,
                 ..Default::default()
             },
+            installs: Installs::default(),
             notes: vec![],
+            kill: None,
         });
         assert!(text.contains("hosts: 3, booted: 2, failures: 1"), "{text}");
         assert!(text.contains("build state: 3 armed, 0 installed"), "{text}");
@@ -385,7 +693,9 @@ mod tests {
             armed: 3,
             reboot: true,
             usage: Usage::default(),
+            installs: Installs::default(),
             notes: vec![],
+            kill: None,
         });
         assert!(text.contains("build state: 3 armed, 3 installed"), "{text}");
         assert!(
@@ -397,5 +707,201 @@ mod tests {
             text.contains("FAILED at second boot: local: got the install script again"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn installs_at_once_keeps_the_maximum_and_never_wraps() {
+        let c = InstallsAtOnce::default();
+        c.start();
+        c.start();
+        c.end();
+        c.start();
+        assert_eq!(c.max(), 2);
+        for _ in 0..4 {
+            c.end();
+        }
+        c.start();
+        assert_eq!(c.max(), 2, "an unmatched end must not wrap the count");
+    }
+
+    #[test]
+    fn the_cap_is_checked_on_both_counts() {
+        let held = Installs {
+            max: 5,
+            cap: Some(5),
+            server_max: Some(5),
+            server_cap: Some(5),
+            server_polls: 40,
+            poll_error: None,
+        };
+        assert!(held.violations().is_empty(), "{:?}", held.violations());
+        let over = Installs {
+            max: 6,
+            ..held.clone()
+        };
+        let v = over.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("max 6 over the cap 5"), "{v:?}");
+        let server_over = Installs {
+            server_max: Some(9),
+            ..held.clone()
+        };
+        assert!(server_over.violations()[0].contains("reported 9 installing"));
+        let unpolled = Installs {
+            server_max: None,
+            server_polls: 0,
+            poll_error: Some("refused".into()),
+            ..held.clone()
+        };
+        assert!(unpolled.violations()[0].contains("never answered"));
+        let not_applied = Installs {
+            server_cap: Some(0),
+            ..held.clone()
+        };
+        assert!(not_applied.violations()[0].contains("did not take effect"));
+        // No cap: nothing to hold, whatever the counts.
+        let uncapped = Installs {
+            max: 20,
+            cap: None,
+            server_polls: 0,
+            ..held
+        };
+        assert!(uncapped.violations().is_empty());
+    }
+
+    #[test]
+    fn report_shows_waits_and_installs_at_once_in_text_and_json() {
+        let waited = HostOutcome {
+            installed: true,
+            waits: 3,
+            waited: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let straight = HostOutcome {
+            installed: true,
+            ..Default::default()
+        };
+        let outs = vec![waited.clone(), waited, straight];
+        let report = Report {
+            header: "h".into(),
+            outcomes: &outs,
+            armed: 3,
+            reboot: false,
+            usage: Usage::default(),
+            installs: Installs {
+                max: 7,
+                cap: Some(5),
+                server_max: Some(4),
+                server_cap: Some(5),
+                server_polls: 12,
+                poll_error: None,
+            },
+            notes: vec![],
+            kill: None,
+        };
+        let text = render(&report);
+        assert!(text.contains("installs at once: max 7 (cap 5)"), "{text}");
+        assert!(
+            text.contains("the server's count: max 4 installing (GET /api/status, 12 polls)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("waits for an install slot: 6 (2 hosts, 6.0 s slept in all)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAILED: installs at once: max 7 over the cap 5"),
+            "{text}"
+        );
+        let json = render_json(&report);
+        assert_eq!(json["waits"], 6);
+        assert_eq!(json["waiting_hosts"], 2);
+        assert_eq!(json["installs_at_once"]["max"], 7);
+        assert_eq!(json["installs_at_once"]["cap"], 5);
+        assert_eq!(json["installs_at_once"]["server_max"], 4);
+        assert_eq!(
+            json["installs_at_once"]["violations"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let uncapped = render(&Report {
+            installs: Installs::default(),
+            ..report
+        });
+        assert!(
+            uncapped.contains("installs at once: max 0 (no cap)"),
+            "{uncapped}"
+        );
+    }
+
+    /// A killed server whose store lost an answered event: the report says so and fails.
+    #[test]
+    fn report_shows_the_kill_and_fails_on_a_missing_event() {
+        use super::super::kill9::{DhcpCheck, Kill, KillReport};
+        let done = HostOutcome {
+            installed: true,
+            retries: 2,
+            ..Default::default()
+        };
+        let outs = vec![done.clone(), done.clone(), done];
+        let kill = KillReport {
+            kill: Some(Kill {
+                after: 1,
+                finished_at_kill: 1,
+                in_flight: 2,
+                old_pid: 10,
+                new_pid: Some(11),
+                down: Duration::from_secs(1),
+                ready_in: Some(Duration::from_millis(100)),
+                error: None,
+            }),
+            kill_after: 1,
+            retries: 6,
+            retrying_hosts: 3,
+            answered: 6,
+            answered_before_kill: 2,
+            missing: vec![
+                "event 2 (02:50:46:00:00:00 finished) answered 201 before the kill is not in the store"
+                    .into(),
+            ],
+            dhcp: Some(DhcpCheck {
+                acks: 6,
+                addresses: 2,
+                doubles: vec!["10.200.0.2 was ACKed to 2 MACs: a, b".into()],
+                lease_rows: Ok(0),
+                lease_conflicts: vec![],
+            }),
+            ..Default::default()
+        };
+        let report = Report {
+            header: "h".into(),
+            outcomes: &outs,
+            armed: 3,
+            reboot: false,
+            usage: Usage::default(),
+            installs: Installs::default(),
+            notes: vec![],
+            kill: Some(kill),
+        };
+        let text = render(&report);
+        for line in [
+            "kill -9: after 1 hosts finished (2 booting), pid 10 killed, down 1.0 s, pid 11 ready 0.1 s later on the same addresses",
+            "hosts finished after the restart: 2",
+            "ride-through: 6 requests repeated after connection failures (3 hosts)",
+            "events answered 201: 6 (2 before the kill), in the store afterwards: 5 of 6",
+            "dhcp leases: 6 ACKs with an address, 2 addresses, 1 to two MACs or more; leases.db: 0 rows, 0 in conflict",
+            "FAILED: event 2 (02:50:46:00:00:00 finished) answered 201 before the kill is not in the store",
+            "FAILED: 10.200.0.2 was ACKed to 2 MACs",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        let json = render_json(&report);
+        assert_eq!(
+            json["kill"]["events_missing"].as_array().map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(json["kill"]["violations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(json["kill"]["new_pid"], 11);
     }
 }

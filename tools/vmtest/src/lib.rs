@@ -2,8 +2,9 @@
 //! namespace, and reports how far it got and how long each stage took.
 //!
 //! One run: namespace + bridge + tap (and dnsmasq in a second namespace for proxy mode) →
-//! the host armed (`pxeforge reinstall`) → `pxeforge serve` bound to the bridge → QEMU (TCG) →
-//! follow the serial console, the serve log and `/api/hosts` → end on the host's `finished`
+//! `pxeforge serve` bound to the bridge, its admin API on the namespace's loopback → the host
+//! armed through that API → QEMU (TCG) → follow the serial console, the serve log and the host's
+//! events (`GET /api/events`) → end on the host's `finished`
 //! (exit 0), `failed`, a local boot or the timeout (exit 1). With `--expect-local-reboot` the
 //! run goes on after `finished` until the rebooted VM's second network boot gets the local-boot
 //! script. Everything it started is stopped and removed on every exit, Ctrl-C included.
@@ -19,16 +20,15 @@ pub mod target;
 pub mod timeline;
 
 use anyhow::{bail, Context, Result};
-use api::{HostEvent, Poll};
+use api::{Admin, Poll};
 use child::{ChildGuard, Line, Source};
 use pxeforge_child::{ServeChild, StartError};
 use pxeforge_site::host::parse_cidr;
 use pxeforge_site::Site;
 use report::{EventSeen, Outcome, Report};
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -101,13 +101,13 @@ pub struct VmTestArgs {
     /// kernel again (the kernel must be fetched exactly once)
     #[arg(long)]
     pub expect_local_reboot: bool,
-    /// The pxeforge binary that arms the host and serves the boot (default: this one)
+    /// The pxeforge binary that serves the boot (default: this one)
     #[arg(long, value_name = "PATH", hide = true)]
     pub serve_exe: Option<PathBuf>,
 }
 
 impl VmTestArgs {
-    /// The pxeforge binary for `reinstall` and `serve`: `--serve-exe`, else the running one.
+    /// The pxeforge binary for `serve`: `--serve-exe`, else the running one.
     fn exe(&self) -> Result<PathBuf> {
         match &self.serve_exe {
             Some(p) => Ok(p.clone()),
@@ -229,77 +229,15 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         None => args.assets.clone(),
     };
 
-    // A host's build state decides its script, and a new store holds every host as installed:
-    // the host is armed before `serve` starts (which reads the store at every request anyway).
-    let armed = match (&target.host, target.armable) {
-        (Some(host), true) => {
-            let change = arm(args, host)?;
-            println!("pxeforge vm-test: armed {host} ({change}, pxeforge reinstall): it installs at this boot");
-            Some(change)
-        }
-        (Some(host), false) => {
-            println!("pxeforge vm-test: {host} is not installed from a kickstart: not armed");
-            None
-        }
-        (None, _) => None,
-    };
-
     catch_signals();
     let mut session = Session::start(args, assets.as_deref(), &out, &target, server, prefix)?;
     let outcome = session.follow(args, &target, &disk, ovmf, &facts)?;
-    let mut report = session.finish(args, &target, &out, &disk, outcome);
-    report.armed = armed;
+    let report = session.finish(args, &target, &out, &disk, outcome);
     let text = report.render();
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("report.txt"), &text)?;
     print!("{text}");
     Ok(report.exit_code)
-}
-
-/// Arms `host` with `pxeforge reinstall HOST` (the binary that serves the boot, the same site and
-/// state) and returns the change it made, e.g. `installed -> armed`.
-fn arm(args: &VmTestArgs, host: &str) -> Result<String> {
-    let exe = args.exe()?;
-    let mut last = String::new();
-    for attempt in 1..=3u32 {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("reinstall").arg(host).arg("--site").arg(&args.site);
-        if let Some(state) = &args.state {
-            cmd.arg("--state").arg(state);
-        }
-        // Its log of the transition repeats what it prints.
-        cmd.env("PXEFORGE_LOG", "warn");
-        let o = cmd
-            .output()
-            .with_context(|| format!("running {} reinstall {host}", exe.display()))?;
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        if o.status.success() {
-            return Ok(armed_change(&stdout, host));
-        }
-        last = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
-        // Another run sharing the state directory may hold the store's write lock for a moment.
-        if !(last.contains("locked") || last.contains("busy")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
-    }
-    let lines: Vec<String> = last.lines().map(str::to_string).collect();
-    bail!(
-        "could not arm {host} (`{} reinstall {host}`):\n  {}",
-        exe.display(),
-        self::last(&lines, 12).join("\n  ")
-    )
-}
-
-/// The change in `pxeforge reinstall`'s line `HOST: FROM -> armed: installs at …`. Pure.
-fn armed_change(stdout: &str, host: &str) -> String {
-    let prefix = format!("{host}: ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(": ").next())
-        .unwrap_or("armed")
-        .to_string()
 }
 
 /// The reason of a failed install: the event's, and what the test installer printed as its own
@@ -351,6 +289,12 @@ struct Session {
     serve: Option<ServeChild>,
     dnsmasq: Option<ChildGuard>,
     poll_stop: Arc<AtomicBool>,
+    /// The service's admin API (reached from inside the namespace only).
+    admin: Option<Admin>,
+    /// The build-state change made before the boot (`installed -> armed`), if the host was armed.
+    armed: Option<String>,
+    /// The host's build state when the run ended, as the admin API said.
+    state_after: Option<String>,
     netns: netns::Netns,
     lines: mpsc::Receiver<Line>,
     tx: mpsc::Sender<Line>,
@@ -413,6 +357,9 @@ impl Session {
             serve: None,
             dnsmasq: None,
             poll_stop: Arc::new(AtomicBool::new(false)),
+            admin: None,
+            armed: None,
+            state_after: None,
             netns,
             lines,
             tx,
@@ -451,11 +398,14 @@ impl Session {
         let exe = args.exe()?;
         let mut cmd = netns::Netns::command(&s.netns.name, &exe.to_string_lossy());
         cmd.arg("serve").arg("--site").arg(&args.site);
+        // The admin API on the namespace's own loopback: only this run reaches it.
         cmd.args([
             "--http",
             &format!("{server}:{HTTP_PORT}"),
             "--tftp",
             &format!("{server}:69"),
+            "--admin",
+            "127.0.0.1:0",
         ]);
         let mode = match args.dhcp {
             VmDhcp::Proxy => "proxy",
@@ -471,13 +421,35 @@ impl Session {
         cmd.env("PXEFORGE_LOG", "info");
         s.serve = Some(child::spawn_serve(cmd, &s.tx)?);
         s.wait_ready()?;
+        let listener = s
+            .serve
+            .as_ref()
+            .and_then(|c| c.listening().admin.clone())
+            .context("pxeforge serve printed no `admin listening on` line")?;
+        let admin = Admin::from_listener(&listener)?;
+        s.admin = Some(admin.clone());
 
-        let addr = SocketAddr::from((server, HTTP_PORT));
+        // A host's build state decides its script, and a new store holds every host as
+        // installed: the host is armed through the API, as an operator would, before the VM.
+        match (&target.host, target.armable) {
+            (Some(host), true) => {
+                let (a, h) = (admin.clone(), host.clone());
+                let change = api::in_netns(&s.netns.name, move || a.arm(&h))
+                    .with_context(|| format!("arming {host} through the admin API"))?;
+                println!("pxeforge vm-test: armed {host} ({change}, POST /api/reinstall): it installs at this boot");
+                s.armed = Some(change);
+            }
+            (Some(host), false) => {
+                println!("pxeforge vm-test: {host} is not installed from a kickstart: not armed");
+            }
+            (None, _) => {}
+        }
+
         let (mac, stop) = (target.mac.to_string(), s.poll_stop.clone());
         netns::spawn_in(&s.netns.name, move || {
-            api::poll_loop(addr, mac, Duration::from_millis(500), stop, ptx)
+            api::poll_loop(admin, mac, Duration::from_millis(500), stop, ptx)
         })?;
-        s.baseline = s.first_poll()?.map(|e| e.id).unwrap_or(0);
+        s.baseline = s.first_poll()?;
         Ok(s)
     }
 
@@ -527,18 +499,21 @@ impl Session {
         }
     }
 
-    /// The event the server already held for this MAC before the VM started (older runs).
-    fn first_poll(&mut self) -> Result<Option<HostEvent>> {
+    /// The newest event id the server already held for this MAC before the VM started (older
+    /// runs): events up to it are not this boot's.
+    fn first_poll(&mut self) -> Result<i64> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last_err = String::from("no answer");
         while Instant::now() < deadline {
             match self.polls.recv_timeout(Duration::from_millis(500)) {
-                Ok(Poll { result: Ok(ev), .. }) => return Ok(ev),
+                Ok(Poll {
+                    result: Ok(evs), ..
+                }) => return Ok(evs.iter().map(|e| e.id).max().unwrap_or(0)),
                 Ok(Poll { result: Err(e), .. }) => last_err = e,
                 Err(_) => {}
             }
         }
-        bail!("the boot service's /api/hosts did not answer: {last_err}")
+        bail!("the admin API's /api/events did not answer: {last_err}")
     }
 
     fn follow(
@@ -583,28 +558,32 @@ impl Session {
                 }
             }
             while let Ok(p) = self.polls.try_recv() {
-                let Ok(Some(ev)) = p.result else { continue };
-                if ev.id <= self.baseline || self.events.last().is_some_and(|e| e.event.id == ev.id)
-                {
-                    continue;
-                }
+                let Ok(evs) = p.result else { continue };
                 let at = secs(p.at.saturating_duration_since(self.start));
-                self.events.push(EventSeen {
-                    at_secs: at,
-                    event: ev.clone(),
-                });
-                match ev.status.as_str() {
-                    "finished" if !args.expect_local_reboot => return Ok(Outcome::Finished),
-                    // The VM reboots now; the run ends at its second network boot.
-                    "finished" => {
-                        self.finished_at.get_or_insert(at);
+                for ev in evs {
+                    if ev.id <= self.baseline
+                        || self.events.last().is_some_and(|e| e.event.id >= ev.id)
+                    {
+                        continue;
                     }
-                    "failed" => {
-                        // The installer may follow with a more precise reason before it powers off.
-                        self.failed_event = Some(format!("{}: {}", ev.stage, ev.message));
-                        failed_at.get_or_insert(Instant::now());
+                    self.events.push(EventSeen {
+                        at_secs: at,
+                        event: ev.clone(),
+                    });
+                    match ev.status.as_str() {
+                        "finished" if !args.expect_local_reboot => return Ok(Outcome::Finished),
+                        // The VM reboots now; the run ends at its second network boot.
+                        "finished" => {
+                            self.finished_at.get_or_insert(at);
+                        }
+                        "failed" => {
+                            // The installer may follow with a more precise reason before it
+                            // powers off.
+                            self.failed_event = Some(format!("{}: {}", ev.stage, ev.message));
+                            failed_at.get_or_insert(Instant::now());
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             let now = Instant::now();
@@ -650,6 +629,19 @@ impl Session {
                 return Ok(Outcome::Timeout);
             }
         }
+    }
+
+    /// Asks the admin API for the host's build state, for the report (once; a failure is noted
+    /// in the report rather than ending the run, whose outcome is already decided).
+    fn note_state_after(&mut self, target: &target::Target) {
+        if self.state_after.is_some() {
+            return;
+        }
+        let (Some(admin), Some(host)) = (self.admin.clone(), target.host.clone()) else {
+            return;
+        };
+        let state = api::in_netns(&self.netns.name, move || admin.host_state(&host));
+        self.state_after = Some(state.unwrap_or_else(|e| format!("unknown ({e:#})")));
     }
 
     /// When the host's `finished` was seen: by the event poll, or in the serve log.
@@ -764,6 +756,8 @@ impl Session {
         if let Some(q) = self.qemu.as_mut() {
             q.stop();
         }
+        // Before the service stops: what it holds for the host now.
+        self.note_state_after(target);
         if let Some(s) = self.serve.as_mut() {
             s.stop(child::STOP_GRACE);
         }
@@ -791,7 +785,8 @@ impl Session {
             duration_secs: duration,
             kernel_fetches: self.kernel_fetches,
             expect_local_reboot: args.expect_local_reboot,
-            armed: None,
+            armed: self.armed.clone(),
+            state_after: self.state_after.clone(),
             stages: self.timeline.marks(),
             events: self.events.clone(),
             serial_log: out.join("serial.log").display().to_string(),
@@ -853,15 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn arming_output_and_failure_reasons() {
-        assert_eq!(
-            armed_change(
-                "vm-bios: installed -> armed: installs at its next network boot\n",
-                "vm-bios"
-            ),
-            "installed -> armed"
-        );
-        assert_eq!(armed_change("", "vm-bios"), "armed");
+    fn failure_reasons() {
         let precise = "post: %post script failed with exit code 3: /etc/x is missing";
         assert_eq!(
             failure_reason("install: installation of vm-postfail failed", Some(precise)),

@@ -49,6 +49,9 @@ pub struct Report {
     pub reason: String,
     /// The build-state change vm-test made before the boot (`installed -> armed`), if it armed.
     pub armed: Option<String>,
+    /// The host's build state at the end of the run, from the admin API (`installed` after a
+    /// good install); `None` for an unknown machine.
+    pub state_after: Option<String>,
     pub exit_code: i32,
     pub duration_secs: f64,
     /// Successful kernel downloads in the serve log (`GET …vmlinuz… status=200`).
@@ -76,7 +79,7 @@ impl Report {
             self.dhcp
         );
         if let Some(change) = &self.armed {
-            let _ = writeln!(s, "  armed before the boot: {change} (pxeforge reinstall)");
+            let _ = writeln!(s, "  armed before the boot: {change} (admin API)");
         }
         let _ = writeln!(s, "  {:<15} {:>8}  {:<10} line", "stage", "at", "seen in");
         for m in &self.stages {
@@ -95,11 +98,14 @@ impl Report {
                 "  {:<15} {:>7.1}s  {:<10} {}/{} {}",
                 format!("event #{}", e.event.id),
                 e.at_secs,
-                "/api/hosts",
+                "admin API",
                 e.event.stage,
                 e.event.status,
                 e.event.message
             );
+        }
+        if let Some(state) = &self.state_after {
+            let _ = writeln!(s, "  build state at the end: {state}");
         }
         let _ = writeln!(
             s,
@@ -148,6 +154,7 @@ mod tests {
             outcome: Outcome::Failed,
             reason: "%post failed".into(),
             armed: Some("installed -> armed".into()),
+            state_after: Some("failed".into()),
             exit_code: 1,
             duration_secs: 30.25,
             kernel_fetches: 1,
@@ -170,6 +177,7 @@ mod tests {
             text.contains("armed before the boot: installed -> armed"),
             "{text}"
         );
+        assert!(text.contains("build state at the end: failed\n"), "{text}");
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["outcome"], "failed");
         assert_eq!(j["kernel_fetches"], 1);
