@@ -504,7 +504,10 @@ mod tests {
             on_script(&r, 1005, &P, "x", &mut tok(), true).0,
             Script::Local
         );
-        assert!(on_event(&r, "t1", "finished", "x", 1006, &P, &mut tok()).is_none());
+        // The build is over: its token opens nothing but a repeat of the event that ended it.
+        assert!(on_event(&r, "t1", "progress", "x", 1006, &P, &mut tok()).is_none());
+        let (same, ts) = on_event(&r, "t1", "finished", "x", 1006, &P, &mut tok()).expect("repeat");
+        assert!(same == r && ts.is_empty());
     }
 
     #[test]

@@ -201,6 +201,8 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
-        assert_eq!(out.matches("# HELP ").count(), 9, "{out}");
+        // Requests, connections refused, evicted and accept failures, stores moved aside,
+        // scripts, events (stored, refused, rate-limited), reloads, bytes.
+        assert_eq!(out.matches("# HELP ").count(), 11, "{out}");
     }
 }
