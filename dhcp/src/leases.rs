@@ -308,6 +308,26 @@ impl LeaseDb {
                 Some(ip) if index.is_free(ip) => Some(ip),
                 _ => index.first_free(pool),
             };
+            // No free address: the oldest offer still held for another client gives way, as a
+            // forged TFTP request gives way in the TFTP table. A real client REQUESTs within
+            // milliseconds of its OFFER, so a flood of DISCOVERs from random MACs (each holding
+            // an offer) churns through offers and never holds the pool; bound leases are never
+            // taken. The client that loses its offer gets a NAK and starts again.
+            let choice = match choice {
+                Some(ip) => Some(ip),
+                None => tx
+                    .prepare_cached(
+                        "SELECT ip FROM leases WHERE state = 'offered' AND expires > ?1
+                           AND ip BETWEEN ?2 AND ?3 ORDER BY expires, ip LIMIT 1",
+                    )?
+                    .query_row(
+                        params![now, u32::from(pool.start), u32::from(pool.end)],
+                        |r| r.get::<_, u32>(0),
+                    )
+                    .optional()?
+                    .map(Ipv4Addr::from)
+                    .filter(|ip| !index.reserved(*ip)),
+            };
             let Some(ip) = choice else {
                 return Ok(OfferOutcome::Exhausted);
             };

@@ -72,9 +72,13 @@ fn offers_are_unique_and_stable() {
     assert!(!select(&mut db, b, ip(11), &site, now));
     let d = mac("02:00:00:00:00:0d");
     assert_eq!(offer(&mut db, d, None, &site, now), Some(ip(102)));
-    // Pool full.
+    // No free address: the oldest offer held for another client (B's) gives way.
     let e = mac("02:00:00:00:00:0e");
-    assert_eq!(offer(&mut db, e, None, &site, now), None);
+    assert_eq!(offer(&mut db, e, None, &site, now), Some(ip(101)));
+    assert!(
+        !select(&mut db, b, ip(101), &site, now),
+        "B's offer is gone"
+    );
     // Offers expire; the bound lease of A does not (yet).
     let later = now + OFFER_HOLD_SECS + 1;
     let got = offer(&mut db, e, None, &site, later).unwrap();
@@ -394,4 +398,36 @@ fn a_corrupt_lease_store_is_moved_aside_and_a_fresh_one_opens() {
         .expect("reopen")
         .moved_aside()
         .is_none());
+}
+
+/// A spoofer sending DISCOVERs from random MACs holds an offer each: it must not starve the
+/// pool. Each new DISCOVER takes the place of the oldest held offer, so a real client that
+/// REQUESTs right after its OFFER still binds; bound leases are never taken.
+#[test]
+fn a_discover_flood_from_random_macs_cannot_hold_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = LeaseDb::open(&dir.path().join("leases.db")).unwrap();
+    let site = site(true); // pool 10.0.0.100-103
+    let now = 2_000_000;
+    let bound = mac("02:00:00:00:01:00");
+    let got = offer(&mut db, bound, None, &site, now).unwrap();
+    assert!(select(&mut db, bound, got, &site, now));
+    for i in 0..500u32 {
+        let forged = Mac([0x02, 0xee, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]);
+        let _ = offer(&mut db, forged, None, &site, now);
+    }
+    let real = mac("02:00:00:00:02:00");
+    let ip_real = offer(&mut db, real, None, &site, now).expect("an offer despite the flood");
+    assert_ne!(ip_real, got, "a bound lease is never taken");
+    assert!(select(&mut db, real, ip_real, &site, now), "and it binds");
+    // Once every address is bound, there is nothing to give.
+    for i in 0..2u8 {
+        let m = Mac([0x02, 0, 0, 0, 3, i]);
+        let a = offer(&mut db, m, None, &site, now).expect("a free or offered address");
+        assert!(select(&mut db, m, a, &site, now));
+    }
+    assert_eq!(
+        offer(&mut db, mac("02:00:00:00:04:00"), None, &site, now),
+        None
+    );
 }
