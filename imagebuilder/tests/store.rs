@@ -379,12 +379,31 @@ fn every_output_and_its_directory_are_fsynced_before_the_rename_that_publishes_t
     assert_eq!(listed.len(), 1);
     let item = &listed[0];
     let trace = std::fs::read_to_string(&log).unwrap();
+    // strace pads the pid column ("1022  fsync(" but "10222 fsync("), and under -f splits a
+    // call that another thread interrupted into "<unfinished ...>" and "<... resumed>" lines:
+    // join those first, each call at the place it completed.
+    let mut pending: std::collections::HashMap<String, String> = Default::default();
+    let mut calls: Vec<String> = Vec::new();
+    for l in trace.lines() {
+        let (pid, call) = l.split_once(' ').unwrap_or(("", l));
+        let call = call.trim_start();
+        if let Some(head) = call.strip_suffix("<unfinished ...>") {
+            pending.insert(pid.to_string(), head.trim_end().to_string());
+        } else if call.starts_with("<... ") {
+            if let Some(head) = pending.remove(pid) {
+                let rest = call.split_once("resumed>").map_or("", |(_, r)| r);
+                calls.push(format!("{head}{rest}"));
+            }
+        } else {
+            calls.push(call.to_string());
+        }
+    }
     // "fsync(3</abs/path>) = 0" → path; "rename("from", "to") = 0" → (from, to).
-    let events: Vec<(&str, String, String)> = trace
-        .lines()
+    let events: Vec<(&str, String, String)> = calls
+        .iter()
+        .map(|c| c.trim_end())
         .filter(|l| l.ends_with("= 0"))
-        .filter_map(|l| {
-            let call = l.split_once(' ').map_or(l, |(_, c)| c);
+        .filter_map(|call| {
             if let Some(rest) = call
                 .strip_prefix("fsync(")
                 .or(call.strip_prefix("fdatasync("))
