@@ -521,9 +521,29 @@ async fn dhcp_exchange(
     mode: SimDhcp,
 ) -> Result<super::dhcp_client::Lease, super::dhcp_client::DhcpError> {
     use super::dhcp_client::DhcpError;
+    ride_through(
+        ctx,
+        retries,
+        |e| matches!(e, DhcpError::Timeout(..) | DhcpError::Io(_)),
+        || client.exchange(id, xid, mode),
+    )
+    .await
+}
+
+/// Repeats `attempt` every `RETRY_EVERY` while it fails in a way `silent` says the server's
+/// absence explains, when riding through a kill; any other outcome is returned.
+async fn ride_through<T, E, Fut>(
+    ctx: &Ctx,
+    retries: &AtomicU32,
+    silent: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     loop {
-        match client.exchange(id, xid, mode).await {
-            Err(DhcpError::Timeout(..) | DhcpError::Io(_)) if ctx.rides_through() => {
+        match attempt().await {
+            Err(e) if silent(&e) && ctx.rides_through() => {
                 retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(kill9::RETRY_EVERY).await;
             }
@@ -543,15 +563,13 @@ async fn tftp_fetch(
     data: &[u8],
 ) -> Result<u64, tftp_client::TftpError> {
     use tftp_client::TftpError;
-    loop {
-        match tftp_client::fetch(server, file, ctx.blksize, data).await {
-            Err(TftpError::Timeout(_) | TftpError::Io(_)) if ctx.rides_through() => {
-                retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(kill9::RETRY_EVERY).await;
-            }
-            other => return other,
-        }
-    }
+    ride_through(
+        ctx,
+        retries,
+        |e| matches!(e, TftpError::Timeout(_) | TftpError::Io(_)),
+        || tftp_client::fetch(server, file, ctx.blksize, data),
+    )
+    .await
 }
 
 /// The host's script from `/ipxe`. While the server answers with a wait script (the install
