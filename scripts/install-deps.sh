@@ -28,3 +28,5 @@ for svc in dnsmasq tftpd-hpa nginx kea-dhcp4-server; do
   systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
 done
 python3 -m pip show pykickstart >/dev/null 2>&1 || python3 -m pip install -q pykickstart
+# The release sync tests write their fixture tree's .treeinfo with productmd (mtools, dosfstools above).
+python3 -m pip show productmd >/dev/null 2>&1 || python3 -m pip install -q productmd

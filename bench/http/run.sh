@@ -2,8 +2,8 @@
 # pxeforge vs nginx (sendfile on) on loopback, side by side in one run:
 #   large file: a 256 MiB file at 1, 16 and 256 concurrent downloads (+ 16 concurrent Range GETs):
 #               total throughput and the peak RSS (VmHWM) of each server during that case;
-#   small:      wrk against /ipxe?mac=... (rendered per request, a site of 10,000 hosts, a
-#               different MAC per request) vs nginx serving a static file of the same size.
+#   small:      wrk against /ipxe?mac=... (a site of 10,000 hosts, a different MAC per request;
+#               rendered at each host's first request, then served from the script cache) vs nginx serving a static file of the same size.
 # Writes bench/http/RESULTS.md. Usage: bench/http/run.sh
 # Env: PXEFORGE_BIN (skip the build), SIZE_MB (default 256), CONCURRENCY ("1 16 256"),
 #      WRK_SECONDS (10), WRK_CONNECTIONS (64), HOSTS (10000), REPEAT (3: best of, for
@@ -255,7 +255,7 @@ read -r n_rps n_p99 _ <<< "$n_best"
     echo
     echo "| server / endpoint | req/s | p99 ms | vs nginx static |"
     echo "|---|---:|---:|---:|"
-    echo "| pxeforge \`/ipxe?mac=…\` rendered per request, $HOSTS hosts, a different MAC each request | $r_rps | $r_p99 | $(ratio "$r_rps" "$n_rps") |"
+    echo "| pxeforge \`/ipxe?mac=…\`, $HOSTS hosts (installed: local-boot script), a different MAC each request; rendered at a host's first request, then kept in memory (server/src/script_cache.rs) | $r_rps | $r_p99 | $(ratio "$r_rps" "$n_rps") |"
     echo "| pxeforge \`/assets/script.ipxe\` (static, same bytes) | $s_rps | $s_p99 | $(ratio "$s_rps" "$n_rps") |"
     echo "| nginx \`/assets/script.ipxe\` (static) | $n_rps | $n_p99 | 1.00 |"
     echo

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""TFTP benchmark: pxeforge vs tftpd-hpa vs dnsmasq on loopback, same files, real clients.
+"""TFTP benchmark: pxeforge vs tftpd-hpa vs dnsmasq vs atftpd on loopback, same files, real
+clients.
 
-Run through bench/tftp/run.sh, which builds pxeforge's TFTP server in release mode and runs this
-inside a private network namespace (dnsmasq's TFTP port is fixed at 69).
+Run through bench/tftp/run.sh, which builds pxeforge's TFTP server in release mode, unpacks
+atftpd from its Debian package, and runs this inside a private network namespace (dnsmasq's
+TFTP port is fixed at 69).
+
+The single-file rows run twice in each repeat: on the quiet machine, and again with a CPU hog
+(`--hog` busy-loop processes, one per core by default) running beside every server's transfers.
 """
 
 import argparse
@@ -124,6 +129,29 @@ def port_ready(root):
     return ready
 
 
+class Hog:
+    """`n` busy-loop processes (sh `while :`), for the contended rows."""
+
+    def __init__(self, n):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [
+            subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(self.n)
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def timed(argv, out_path, expect):
     start = time.monotonic()
     rc = subprocess.run(
@@ -196,6 +224,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--storm-repeats", type=int, default=2)
+    ap.add_argument("--atftpd", help="atftpd binary (unpacked from its .deb); none: no atftpd")
+    ap.add_argument(
+        "--hog", type=int, default=os.cpu_count() or 2,
+        help="busy-loop processes during the contended rows (0: no contended rows)",
+    )
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="pxf-tftp-bench-")
@@ -223,6 +256,19 @@ def main():
             ready,
         ),
     ]
+    if args.atftpd:
+        servers.append(
+            Server(
+                "atftpd",
+                [
+                    args.atftpd, "--daemon", "--no-fork", "--user", "root", "--group", "root",
+                    "--port", "6971", "--bind-address", "127.0.0.1", "--logfile", "/dev/null",
+                    "--maxthread", "1000", root,
+                ],
+                6971,
+                ready,
+            )
+        )
 
     # Runs are interleaved (each repeat visits the servers in a rotated order) so that load
     # from elsewhere on the machine falls on every server alike; each cell is a median.
@@ -232,17 +278,24 @@ def main():
     peaks = {n: 0 for n in names}
     storm_kinds = list(storm_clients(0, "").keys())
     out = os.path.join(work, "out")
+    load = {"start": loadavg()}
     try:
         for s in servers:
             s.start()
         for r in range(args.repeats):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for s in order:
-                print(f"== repeat {r + 1}: {s.name}", file=sys.stderr, flush=True)
-                for label, argv in single_rows(s.port, out).items():
-                    elapsed, ok = timed(argv, out, sums["big32"])
-                    times[s.name].setdefault(label, []).append(elapsed)
-                    fails[s.name][label] = fails[s.name].get(label, 0) + (0 if ok else 1)
+            # Quiet, then contended: the hog runs through every server's transfers alike.
+            for hog in [0] + ([args.hog] if args.hog else []):
+                with Hog(hog):
+                    for s in order:
+                        print(f"== repeat {r + 1}: {s.name}" + (f" + {hog} CPU hogs" if hog else ""),
+                              file=sys.stderr, flush=True)
+                        for label, argv in single_rows(s.port, out).items():
+                            if hog:
+                                label = f"{label} + CPU hog"
+                            elapsed, ok = timed(argv, out, sums["big32"])
+                            times[s.name].setdefault(label, []).append(elapsed)
+                            fails[s.name][label] = fails[s.name].get(label, 0) + (0 if ok else 1)
         for s in servers:
             s.stop()
         # Fresh processes for the storms, so that peak memory is the storms'.
@@ -269,10 +322,11 @@ def main():
             if s.proc and s.proc.poll() is None:
                 s.stop()
         shutil.rmtree(work, ignore_errors=True)
+    load["end"] = loadavg()
     results = {
         n: (
             {
-                label: (statistics.median(ts), fails[n][label])
+                label: (statistics.median(ts), ts, fails[n][label])
                 for label, ts in times[n].items()
             },
             peaks[n],
@@ -284,21 +338,42 @@ def main():
     labels = list(results[names[0]][0].keys())
     print(
         f"Each cell: median of {args.repeats} runs ({args.storm_repeats} for the storm), "
-        "servers interleaved; failures are non-zero exits or wrong bytes."
+        "servers interleaved; failures are non-zero exits or wrong bytes. "
+        f"'+ CPU hog': {args.hog} busy-loop processes ran beside every server's transfers. "
+        f"Load average {load['start']} at start, {load['end']} at end; {os.cpu_count()} cores."
     )
     print()
-    print(f"| row | {' | '.join(names)} | best peer / pxeforge |")
+    print(f"| row | {' | '.join(names)} | best peer / pxeforge (spread) |")
     print(f"|---|{'---|' * len(names)}---|")
     for label in labels:
         cells = []
         for n in names:
-            t, f = results[n][0][label]
+            t, _, f = results[n][0][label]
             cells.append(f"{t:.2f} s" + (f" ({f} failed)" if f else ""))
-        ours = results["pxeforge"][0][label][0]
-        best = min(results[n][0][label][0] for n in names if n != "pxeforge")
-        ratio = best / ours
+        ours = results["pxeforge"][0][label]
+        peers = [results[n][0][label] for n in names if n != "pxeforge"]
+        ratio = min(p[0] for p in peers) / ours[0]
+        # Spread: the ratio within each repeat (the servers' runs of one repeat are minutes
+        # apart at most, so they saw about the same load), lowest and highest.
+        per_repeat = [
+            min(p[1][i] for p in peers) / ours[1][i] for i in range(len(ours[1]))
+        ]
+        lo_ratio, hi_ratio = min(per_repeat), max(per_repeat)
         verdict = "tie" if abs(ratio - 1) < 0.03 else ("faster" if ratio > 1 else "slower")
-        print(f"| {label} | {' | '.join(cells)} | {ratio:.2f}x ({verdict}) |")
+        print(f"| {label} | {' | '.join(cells)} | {ratio:.2f}x ({verdict}; {lo_ratio:.2f}-{hi_ratio:.2f}) |")
+    if args.storm_repeats:
+        mem_row(results, names)
+    print()
+    print("Every run, in repeat order (seconds):")
+    print()
+    for label in labels:
+        runs = "; ".join(
+            f"{n} " + " ".join(f"{t:.2f}" for t in results[n][0][label][1]) for n in names
+        )
+        print(f"- {label}: {runs}")
+
+
+def mem_row(results, names):
     mem = [f"{results[n][1] / 1024:.1f} MiB" for n in names]
     ours = results["pxeforge"][1]
     best = min(results[n][1] for n in names if n != "pxeforge")

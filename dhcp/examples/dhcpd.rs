@@ -17,7 +17,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: dhcpd --mode off|proxy|reservation [--interface IF] [--lease-db PATH] \
          [--pool START-END/PREFIX]... [--router IP] [--http-port N] [--port N] [--pxe-port N] \
-         [--ping-check on|off]"
+         [--ping-check on|off] [--recv-buffer BYTES] [--group-commit-max N]"
     );
     std::process::exit(2)
 }
@@ -69,6 +69,10 @@ async fn main() {
             "--http-port" => site.http_port = value.parse().unwrap_or_else(|_| usage()),
             "--port" => config.port = value.parse().unwrap_or_else(|_| usage()),
             "--pxe-port" => config.pxe_port = value.parse().unwrap_or_else(|_| usage()),
+            "--recv-buffer" => config.recv_buffer_bytes = value.parse().unwrap_or_else(|_| usage()),
+            "--group-commit-max" => {
+                config.group_commit_max = value.parse().unwrap_or_else(|_| usage())
+            }
             _ => usage(),
         }
     }

@@ -1,7 +1,9 @@
 //! Pool leases in SQLite (WAL, `synchronous=FULL`) in the state directory. The address is the
 //! primary key, so one address can never be held by two clients; every operation runs in one
 //! immediate transaction, and a lease is on disk (fsynced) before its ACK is sent; an offer's
-//! hold is committed without the fsync. The database is the
+//! hold is committed without the fsync. With group commit ([`LeaseDb::set_group_commit`]) the
+//! bindings of several requests are committed without the fsync and made durable together by
+//! one [`LeaseDb::sync`], which the server calls before it sends their ACKs. The database is the
 //! truth; an in-memory index of free addresses ([`FreeIndex`]) mirrors it so that allocation
 //! never scans the pool, and is rebuilt from the table whenever a write fails or the site changes.
 
@@ -101,6 +103,12 @@ pub struct LeaseDb {
     index: Option<FreeIndex>,
     /// Where a corrupt file found at open was moved.
     moved_aside: Option<std::path::PathBuf>,
+    /// The connection's `synchronous` as last set: FULL (true) or NORMAL.
+    full_sync: bool,
+    /// Durable writes are committed without the fsync until [`LeaseDb::sync`].
+    group_commit: bool,
+    /// A durable write was committed since the last fsync of the WAL.
+    unsynced: bool,
 }
 
 fn mac_blob(mac: Mac) -> Vec<u8> {
@@ -171,7 +179,14 @@ impl LeaseDb {
                     state TEXT NOT NULL,
                     expires INTEGER NOT NULL
                 );
-                CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);",
+                CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
+                -- One row, rewritten by `sync` with synchronous=FULL: that commit fsyncs the
+                -- WAL, and with it every earlier commit's frames.
+                CREATE TABLE IF NOT EXISTS sync_marker (
+                    id INTEGER PRIMARY KEY CHECK (id = 0),
+                    n INTEGER NOT NULL
+                );
+                INSERT OR IGNORE INTO sync_marker (id, n) VALUES (0, 0);",
             )
         })
         .map_err(open_err)?;
@@ -180,7 +195,58 @@ impl LeaseDb {
             conn,
             index: None,
             moved_aside: opened.moved_aside,
+            full_sync: true,
+            group_commit: false,
+            unsynced: false,
         })
+    }
+
+    /// Group commit on: a binding, release or decline is committed without the fsync, and is
+    /// durable only after the next [`LeaseDb::sync`] (which the caller must call before it
+    /// answers). Off (the default): each is fsynced before its write returns.
+    pub fn set_group_commit(&mut self, on: bool) -> Result<(), LeaseError> {
+        if !on {
+            self.sync()?;
+        }
+        self.group_commit = on;
+        Ok(())
+    }
+
+    /// Whether a durable write awaits [`LeaseDb::sync`].
+    pub fn needs_sync(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Makes every write committed so far durable: one commit with `synchronous=FULL`, which
+    /// fsyncs the WAL (the file, so every earlier commit's frames as well). Nothing to do when
+    /// no durable write is waiting. On error the writes stay unconfirmed: the caller must not
+    /// answer for them (and the index is rebuilt from the table, as after any failed write).
+    pub fn sync(&mut self) -> Result<(), LeaseError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let synced = self.set_full_sync(true).and_then(|()| {
+            self.conn
+                .prepare_cached("UPDATE sync_marker SET n = n + 1 WHERE id = 0")?
+                .execute([])?;
+            Ok(())
+        });
+        if let Err(e) = synced {
+            self.index = None;
+            return Err(e);
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Sets `PRAGMA synchronous` to FULL or NORMAL unless it already is.
+    fn set_full_sync(&mut self, full: bool) -> Result<(), LeaseError> {
+        if self.full_sync != full {
+            self.conn
+                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            self.full_sync = full;
+        }
+        Ok(())
     }
 
     /// Where a corrupt store found at open was moved (`leases.db.corrupt-TIMESTAMP`).
@@ -220,7 +286,8 @@ impl LeaseDb {
     /// release or decline is committed with `synchronous=FULL` (the WAL is fsynced before the
     /// answer); an offer's hold with `NORMAL`: losing one to a power cut costs the client a
     /// retry, and halving the fsyncs of a DORA is what keeps up with a boot storm. A later
-    /// FULL commit syncs the offer's frames too.
+    /// FULL commit syncs the offer's frames too. With group commit, durable writes are
+    /// committed with NORMAL as well and marked for the next [`LeaseDb::sync`].
     fn write<T>(
         &mut self,
         site: &DhcpSite,
@@ -232,8 +299,10 @@ impl LeaseDb {
         let Some(mut index) = self.index.take() else {
             return Err(rusqlite::Error::InvalidQuery.into());
         };
-        if durable == Durable::Offer {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let full = durable == Durable::Full && !self.group_commit;
+        if let Err(e) = self.set_full_sync(full) {
+            self.index = Some(index);
+            return Err(e);
         }
         let out: Result<T, LeaseError> = (|| {
             let tx = self
@@ -243,11 +312,10 @@ impl LeaseDb {
             tx.commit()?;
             Ok(out)
         })();
-        if durable == Durable::Offer {
-            // Back to FULL whatever happened: every other write relies on it.
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
-        }
         let out = out?;
+        if durable == Durable::Full && self.group_commit {
+            self.unsynced = true;
+        }
         self.index = Some(index);
         Ok(out)
     }

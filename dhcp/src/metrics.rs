@@ -15,6 +15,8 @@ pub struct DhcpMetrics {
     pub replies_sent: AtomicU64,
     pub send_errors: AtomicU64,
     pub lease_errors: AtomicU64,
+    /// fsyncs of the lease store that made a batch of leases durable (group commit).
+    pub lease_syncs: AtomicU64,
     /// The lease store was found corrupt at start and moved aside (0 or 1).
     pub lease_store_moved_aside: AtomicU64,
     /// REQUESTs for an address we never gave the client, answered with a NAK.
@@ -78,6 +80,11 @@ impl DhcpMetrics {
                 "pxeforge_dhcp_send_errors_total",
                 "replies that failed to send",
                 &self.send_errors,
+            ),
+            (
+                "pxeforge_dhcp_lease_syncs_total",
+                "fsyncs of the lease store, each making a batch of ACKed leases durable",
+                &self.lease_syncs,
             ),
             (
                 "pxeforge_dhcp_lease_errors_total",

@@ -15,6 +15,7 @@ use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
     SockaddrIn,
 };
+use pxeforge_site::settings::DhcpSettings;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -50,6 +51,11 @@ pub struct DhcpConfig {
     pub client_port: u16,
     /// SQLite lease database (reservation mode), e.g. `<state_dir>/leases.db`.
     pub lease_db: PathBuf,
+    /// SO_RCVBUF of each socket (`dhcp.recv_buffer_bytes`); 0 leaves the kernel's default.
+    pub recv_buffer_bytes: usize,
+    /// Most requests whose leases one fsync makes durable (`dhcp.group_commit_max`); 1 fsyncs
+    /// each lease on its own.
+    pub group_commit_max: usize,
 }
 
 impl DhcpConfig {
@@ -62,7 +68,16 @@ impl DhcpConfig {
             pxe_port: 4011,
             client_port: 68,
             lease_db,
+            recv_buffer_bytes: DhcpSettings::default().recv_buffer_bytes,
+            group_commit_max: DhcpSettings::default().group_commit_max,
         }
+    }
+
+    /// The tuning of `[dhcp]`: socket buffer and group commit.
+    pub fn tuned(mut self, settings: &DhcpSettings) -> Self {
+        self.recv_buffer_bytes = settings.recv_buffer_bytes;
+        self.group_commit_max = settings.group_commit_max;
+        self
     }
 }
 
@@ -99,6 +114,8 @@ struct Shared {
     leases: Option<Mutex<LeaseDb>>,
     /// None: probing is off, or the ICMP socket could not be opened (warned at start).
     prober: Option<Arc<Prober>>,
+    /// Most requests handled before their leases are fsynced together (at least 1).
+    group_commit_max: usize,
 }
 
 pub struct DhcpServer {
@@ -117,6 +134,9 @@ fn bind_socket(config: &DhcpConfig, port: u16) -> Result<UdpSocket, DhcpError> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     socket.set_reuse_address(true).map_err(bind_err)?;
     socket.set_broadcast(true).map_err(bind_err)?;
+    if config.recv_buffer_bytes > 0 {
+        set_recv_buffer(&socket, config.recv_buffer_bytes);
+    }
     if let Some(name) = config.interface.as_deref().filter(|n| !n.is_empty()) {
         socket
             .bind_device(Some(name.as_bytes()))
@@ -129,6 +149,35 @@ fn bind_socket(config: &DhcpConfig, port: u16) -> Result<UdpSocket, DhcpError> {
         .bind(&SocketAddr::V4(addr).into())
         .map_err(bind_err)?;
     UdpSocket::from_std(socket.into()).map_err(bind_err)
+}
+
+/// Sets SO_RCVBUF to `bytes`: beyond `net.core.rmem_max` with SO_RCVBUFFORCE when allowed
+/// (CAP_NET_ADMIN, which a DHCP server on port 67 usually has), else as far as the kernel lets.
+/// The kernel's default (~200 KiB, a few hundred requests) overflows within milliseconds of a
+/// boot storm while a batch of leases is fsynced; a smaller buffer costs only retries.
+fn set_recv_buffer(socket: &Socket, bytes: usize) {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd is open for the call; the option value is a c_int as SO_RCVBUFFORCE wants.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&want as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        if let Err(e) = socket.set_recv_buffer_size(bytes) {
+            warn!(error = %e, bytes, "dhcp: cannot set the socket receive buffer (dhcp.recv_buffer_bytes)");
+        }
+    }
+    if let Ok(got) = socket.recv_buffer_size() {
+        // The kernel doubles the value for its bookkeeping.
+        if got < bytes {
+            warn!(asked = bytes, got, "dhcp: socket receive buffer smaller than dhcp.recv_buffer_bytes (net.core.rmem_max)");
+        }
+    }
 }
 
 impl DhcpServer {
@@ -150,8 +199,10 @@ impl DhcpServer {
             if let Some(dir) = config.lease_db.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let db = LeaseDb::open(&config.lease_db)?;
+            let mut db = LeaseDb::open(&config.lease_db)?;
             moved_aside = db.moved_aside().is_some();
+            // The socket loop fsyncs each batch's leases once before answering them.
+            db.set_group_commit(config.group_commit_max > 1)?;
             Some(Mutex::new(db))
         } else {
             None
@@ -205,6 +256,7 @@ impl DhcpServer {
                 },
                 leases,
                 prober,
+                group_commit_max: config.group_commit_max.max(1),
             }),
             watcher,
         })
@@ -322,30 +374,104 @@ async fn serve_socket(
 ) -> Result<(), DhcpError> {
     let fd = socket.as_raw_fd();
     let mut buf = vec![0u8; wire::MAX_PACKET_LEN + 1];
+    // Replies that wait for their batch's leases to be fsynced.
+    let mut held: Vec<Outgoing> = Vec::new();
     loop {
+        // A batch is the datagram that woke us and whatever else queued meanwhile (at most
+        // `group_commit_max`): their leases are committed one by one, fsynced once, and only
+        // then answered. At a low rate a batch is one request, fsynced on its own as before.
         let rx = socket
             .async_io(Interest::READABLE, || recv_with_pktinfo(fd, &mut buf))
             .await;
-        let rx = match rx {
-            Ok(rx) => rx,
-            Err(e) => {
-                warn!(error = %e, "dhcp: receive failed");
-                continue;
+        on_datagram(port, &socket, &shared, &buf, rx, &mut held).await;
+        for _ in 1..shared.group_commit_max {
+            let rx = socket.try_io(Interest::READABLE, || recv_with_pktinfo(fd, &mut buf));
+            if rx
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+            {
+                break;
             }
-        };
-        shared.metrics.received.fetch_add(1, Ordering::Relaxed);
-        match handle(&shared, port, &buf[..rx.len], &rx) {
-            Handled::Silent => {}
-            Handled::Reply(out) => send_reply(&socket, &shared, out).await,
-            Handled::Probe(probe) => {
-                let data = buf[..rx.len].to_vec();
-                let (socket, shared) = (socket.clone(), shared.clone());
-                // Off the packet path: the offer is sent when the probe is done.
-                tokio::spawn(async move {
-                    probe_then_offer(socket, shared, port, data, rx, probe).await
-                });
+            on_datagram(port, &socket, &shared, &buf, rx, &mut held).await;
+        }
+        if !held.is_empty() {
+            send_held(&socket, &shared, &mut held).await;
+        }
+    }
+}
+
+/// Handles one received datagram: a reply goes out at once unless the lease written for it
+/// still waits for the batch's fsync; then it joins `held`. (An OFFER's hold needs no fsync.)
+async fn on_datagram(
+    port: Port,
+    socket: &Arc<UdpSocket>,
+    shared: &Arc<Shared>,
+    buf: &[u8],
+    rx: io::Result<Received>,
+    held: &mut Vec<Outgoing>,
+) {
+    let rx = match rx {
+        Ok(rx) => rx,
+        Err(e) => {
+            warn!(error = %e, "dhcp: receive failed");
+            return;
+        }
+    };
+    shared.metrics.received.fetch_add(1, Ordering::Relaxed);
+    let data = &buf[..rx.len];
+    match handle(shared, port, data, &rx) {
+        Handled::Silent => {}
+        Handled::Reply(out) => {
+            if out.durable && unsynced(shared) {
+                held.push(out);
+            } else {
+                send_reply(socket, shared, out).await;
             }
         }
+        Handled::Probe(probe) => {
+            let data = data.to_vec();
+            let (socket, shared) = (socket.clone(), shared.clone());
+            // Off the packet path: the offer is sent when the probe is done.
+            tokio::spawn(
+                async move { probe_then_offer(socket, shared, port, data, rx, probe).await },
+            );
+        }
+    }
+}
+
+/// Whether a lease write awaits the fsync (conservatively yes if the lock is poisoned: the
+/// reply then waits for `send_held`, which drops it).
+fn unsynced(shared: &Shared) -> bool {
+    shared
+        .leases
+        .as_ref()
+        .is_some_and(|db| db.lock().map_or(true, |db| db.needs_sync()))
+}
+
+/// Makes the batch's leases durable with one fsync, then sends the replies that waited for it.
+/// If the fsync fails, none of them is sent: no ACK for a lease that may not survive a crash
+/// (the clients retry).
+async fn send_held(socket: &UdpSocket, shared: &Shared, held: &mut Vec<Outgoing>) {
+    let synced = match shared.leases.as_ref().map(|db| db.lock()) {
+        None => Ok(()),
+        Some(Ok(mut db)) => {
+            let was_needed = db.needs_sync();
+            let r = db.sync();
+            if was_needed && r.is_ok() {
+                shared.metrics.lease_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            r.map_err(|e| e.to_string())
+        }
+        Some(Err(_)) => Err("lease database lock poisoned".to_string()),
+    };
+    if let Err(e) = synced {
+        shared.metrics.lease_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(error = %e, replies = held.len(), "dhcp: lease database: fsync failed, replies not sent");
+        held.clear();
+        return;
+    }
+    for out in held.drain(..) {
+        send_reply(socket, shared, out).await;
     }
 }
 
@@ -354,6 +480,8 @@ struct Outgoing {
     dest: SocketAddrV4,
     ifindex: i32,
     source: Ipv4Addr,
+    /// Answers a request that wrote a lease: sent only once the lease is durable.
+    durable: bool,
 }
 
 struct ProbeNeeded {
@@ -468,6 +596,8 @@ fn handle(shared: &Shared, port: Port, data: &[u8], rx: &Received) -> Handled {
     }
     let site = shared.site.load();
     let probe = std::cell::Cell::new(None);
+    // Whether this request wrote a lease that must be durable before its reply leaves.
+    let durable = std::cell::Cell::new(false);
     let processed = crate::process(
         data,
         port,
@@ -475,7 +605,13 @@ fn handle(shared: &Shared, port: Port, data: &[u8], rx: &Received) -> Handled {
         server_ip,
         &site,
         shared.mode,
-        |f, op| apply_lease_op(shared, f, op, &site, &probe),
+        |f, op| {
+            durable.set(matches!(
+                op,
+                LeaseOp::Commit { .. } | LeaseOp::Release(_) | LeaseOp::Decline(_)
+            ));
+            apply_lease_op(shared, f, op, &site, &probe)
+        },
     );
     let (facts, action) = match processed {
         Ok(done) => done,
@@ -525,6 +661,7 @@ fn handle(shared: &Shared, port: Port, data: &[u8], rx: &Received) -> Handled {
                 dest,
                 ifindex: rx.ifindex,
                 source: server_ip,
+                durable: durable.get(),
             })
         }
     }

@@ -383,6 +383,119 @@ fn committed_lease_is_fsynced() {
     );
 }
 
+/// Runs test `name` of this binary again under `strace -f -e fsync,fdatasync,write`, with
+/// `PXF_LEASE_FSYNC_CHILD` set to a fresh store's path; returns the trace, or None (skipped)
+/// when strace is missing or cannot trace here.
+fn traced_child(name: &str) -> Option<String> {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        pxeforge_tests::skip(format_args!("strace not installed: fsync not asserted"));
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,write", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("PXF_LEASE_FSYNC_CHILD", dir.path().join("leases.db"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("ptrace") {
+            pxeforge_tests::skip(format_args!("strace cannot trace here: {err}"));
+            return None;
+        }
+        panic!("child failed: {err}");
+    }
+    Some(std::fs::read_to_string(&trace).unwrap())
+}
+
+/// The part of `trace` between two markers written by the child.
+fn between<'a>(trace: &'a str, from: &str, to: &str) -> &'a str {
+    let start = trace.find(from).expect("no marker");
+    let end = trace.find(to).expect("no marker");
+    &trace[start..end]
+}
+
+fn has_fsync(trace: &str) -> bool {
+    trace.contains("fsync(") || trace.contains("fdatasync(")
+}
+
+/// Group commit: bindings are committed without an fsync, and `sync` fsyncs them all at once
+/// (the server sends their ACKs only after it returns).
+#[test]
+fn group_commit_fsyncs_once_at_sync() {
+    if let Some(path) = std::env::var_os("PXF_LEASE_FSYNC_CHILD") {
+        let mut db = LeaseDb::open(std::path::Path::new(&path)).unwrap();
+        db.set_group_commit(true).unwrap();
+        let site = site(true);
+        let clients = [
+            mac("02:00:00:00:00:0a"),
+            mac("02:00:00:00:00:0b"),
+            mac("02:00:00:00:00:0c"),
+        ];
+        let offered: Vec<_> = clients
+            .iter()
+            .map(|&m| offer(&mut db, m, None, &site, 1000).unwrap())
+            .collect();
+        let marker = |m: &str| {
+            let _ = nix::unistd::write(std::io::stderr(), m.as_bytes());
+        };
+        marker("PXF-BEFORE-COMMITS\n");
+        for (&m, &at) in clients.iter().zip(&offered) {
+            assert!(select(&mut db, m, at, &site, 1000));
+        }
+        assert!(db.needs_sync());
+        marker("PXF-BEFORE-SYNC\n");
+        db.sync().unwrap();
+        marker("PXF-AFTER-SYNC\n");
+        assert!(!db.needs_sync());
+        // Nothing waiting: no fsync.
+        db.sync().unwrap();
+        marker("PXF-AFTER-SECOND-SYNC\n");
+        // Back to one fsync per binding.
+        db.set_group_commit(false).unwrap();
+        db.release(clients[0], offered[0], &site, 1001).unwrap();
+        assert!(!db.needs_sync());
+        marker("PXF-AFTER-RELEASE\n");
+        drop(db);
+        // All three are bound, read by a fresh connection.
+        let all = LeaseDb::open(std::path::Path::new(&path))
+            .unwrap()
+            .all()
+            .unwrap();
+        let bound = all.iter().filter(|l| l.state == LeaseState::Bound).count();
+        assert_eq!(bound, 2, "{all:?}");
+        return;
+    }
+    let Some(trace) = traced_child("group_commit_fsyncs_once_at_sync") else {
+        return;
+    };
+    let commits = between(&trace, "PXF-BEFORE-COMMITS", "PXF-BEFORE-SYNC");
+    assert!(
+        !has_fsync(commits),
+        "group commit fsynced a binding before sync:\n{commits}"
+    );
+    let sync = between(&trace, "PXF-BEFORE-SYNC", "PXF-AFTER-SYNC");
+    assert!(has_fsync(sync), "sync did not fsync:\n{sync}");
+    let idle = between(&trace, "PXF-AFTER-SYNC", "PXF-AFTER-SECOND-SYNC");
+    assert!(
+        !has_fsync(idle),
+        "sync with nothing waiting fsynced:\n{idle}"
+    );
+    let release = between(&trace, "PXF-AFTER-SECOND-SYNC", "PXF-AFTER-RELEASE");
+    assert!(
+        has_fsync(release),
+        "without group commit a release is not fsynced:\n{release}"
+    );
+}
+
 #[test]
 fn a_corrupt_lease_store_is_moved_aside_and_a_fresh_one_opens() {
     let dir = tempfile::tempdir().expect("tempdir");

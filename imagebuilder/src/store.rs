@@ -123,19 +123,10 @@ pub fn list(state_dir: &Path) -> Vec<PublishedImage> {
 /// `SHA256SUMS` cannot be read or parsed is reported as a mismatch of that file, so one damaged
 /// build does not hide the state of the others.
 pub fn verify(state_dir: &Path) -> Result<Vec<Mismatch>, StoreError> {
-    let mut bad = Vec::new();
-    for img in list(state_dir) {
-        match pxeforge_store::verify(&img.dir) {
-            Ok(v) => bad.extend(v),
-            Err(e) => bad.push(Mismatch {
-                path: e.path().to_path_buf(),
-                expected: None,
-                actual: None,
-                error: Some(e.detail()),
-            }),
-        }
-    }
-    Ok(bad)
+    let images = list(state_dir);
+    Ok(pxeforge_store::verify_items(
+        images.iter().map(|i| i.dir.as_path()),
+    ))
 }
 
 /// The directory of one published build; `id_or_current` is a build id or `current`.

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 macro_rules! record_columns {
     () => {
         "host, state, token, token_at, bound, boot_mac, platform, host_generation, \
-         profile_generation, served_at, spent_token, spent_status"
+         profile_generation, served_at, spent_token, spent_status, media"
     };
 }
 
@@ -51,7 +51,13 @@ pub struct TransitionRow {
 
 pub struct BuildState {
     conn: Mutex<Connection>,
+    /// What an armed record's media are pinned to when it is written (see [`lifecycle::pin`]);
+    /// unset (offline commands): pinned at the host's first script request instead.
+    pinner: std::sync::RwLock<Option<Pinner>>,
 }
+
+/// The current media (`<release>/<compose-id>`) of a host, by name.
+pub type Pinner = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
@@ -73,11 +79,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS claims_name ON claims(name) WHERE name IS NOT 
 
 /// Columns added after the first release of the store, with their definitions: an older file
 /// gets them at open.
-const ADDED_COLUMNS: [(&str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str); 5] = [
     ("served_at", "INTEGER NOT NULL DEFAULT 0"),
     ("since", "INTEGER NOT NULL DEFAULT 0"),
     ("spent_token", "TEXT"),
     ("spent_status", "TEXT"),
+    ("media", "TEXT"),
 ];
 
 /// Transitions kept per host (older ones are deleted as new ones are recorded).
@@ -128,7 +135,25 @@ impl BuildState {
         }
         Ok(BuildState {
             conn: Mutex::new(conn),
+            pinner: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Sets what armed records are pinned to from now on (the server, at every load).
+    pub fn set_pinner(&self, pinner: Pinner) {
+        if let Ok(mut p) = self.pinner.write() {
+            *p = Some(pinner);
+        }
+    }
+
+    /// `r` as it is written: an armed build without media gets the current ones.
+    fn pinned(&self, r: &Record) -> Record {
+        let mut rec = r.clone();
+        if let Ok(Some(p)) = self.pinner.read().as_deref() {
+            let host = rec.host.clone();
+            lifecycle::pin(&mut rec, &mut || p(&host));
+        }
+        rec
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StateError> {
@@ -184,7 +209,7 @@ impl BuildState {
             record_columns!(),
             ", since FROM hosts ORDER BY host"
         ))?;
-        let rows = st.query_map([], |r| Ok((row_to_record(r)?, r.get::<_, i64>(12)?)))?;
+        let rows = st.query_map([], |r| Ok((row_to_record(r)?, r.get::<_, i64>(13)?)))?;
         let mut out = Vec::new();
         for r in rows {
             let (rec, since) = r?;
@@ -377,7 +402,7 @@ impl BuildState {
                 return Ok(false);
             }
         }
-        put(&tx, record, now)?;
+        put(&tx, &self.pinned(record), now)?;
         for t in transitions {
             log(&tx, t, now)?;
         }
@@ -408,7 +433,7 @@ impl BuildState {
                 .unzip();
         announce(&transitions);
         for (record, t) in records.iter().zip(&transitions) {
-            put(&tx, record, now)?;
+            put(&tx, &self.pinned(record), now)?;
             log(&tx, t, now)?;
         }
         tx.execute(
@@ -549,6 +574,7 @@ fn row_to_record(r: &rusqlite::Row) -> rusqlite::Result<Result<Record, StateErro
         served_at: r.get(9)?,
         spent_token: r.get(10)?,
         spent_status: r.get(11)?,
+        media: r.get(12)?,
     }))
 }
 
@@ -556,14 +582,14 @@ fn put(c: &Connection, r: &Record, now: i64) -> Result<(), StateError> {
     c.execute(
         "INSERT INTO hosts (host, state, token, token_at, bound, boot_mac, platform,
             host_generation, profile_generation, updated_at, served_at, since, spent_token,
-            spent_status)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?10,?12,?13)
+            spent_status, media)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?10,?12,?13,?14)
          ON CONFLICT(host) DO UPDATE SET state=excluded.state, token=excluded.token,
             token_at=excluded.token_at, bound=excluded.bound, boot_mac=excluded.boot_mac,
             platform=excluded.platform, host_generation=excluded.host_generation,
             profile_generation=excluded.profile_generation, updated_at=excluded.updated_at,
             served_at=excluded.served_at, spent_token=excluded.spent_token,
-            spent_status=excluded.spent_status,
+            spent_status=excluded.spent_status, media=excluded.media,
             since=CASE WHEN hosts.state = excluded.state THEN hosts.since ELSE excluded.since END",
         params![
             r.host,
@@ -578,7 +604,8 @@ fn put(c: &Connection, r: &Record, now: i64) -> Result<(), StateError> {
             now,
             r.served_at,
             r.spent_token,
-            r.spent_status
+            r.spent_status,
+            r.media
         ],
     )?;
     Ok(())
@@ -780,7 +807,7 @@ pub fn inventory(site: &pxeforge_site::Site) -> Vec<InventoryHost> {
 
 /// Brings the store in line with a newly loaded site (adoption, new hosts, raised
 /// generations), saying first how many hosts this arms.
-pub fn reconcile_site(store: &Store, site: &pxeforge_site::Site) {
+pub fn reconcile_site(store: &Store, site: &pxeforge_site::Site, state: &Path) {
     let Ok(bs) = store.state() else {
         return;
     };
@@ -795,6 +822,7 @@ pub fn reconcile_site(store: &Store, site: &pxeforge_site::Site) {
             tracing::warn!(hosts = ?first, "this load arms {} host(s): they install at their next network boot", armed.len());
         }
     };
+    bs.set_pinner(crate::media::pinner(state, site));
     match bs.reconcile(&inventory(site), crate::events::now(), announce) {
         Ok(ts) => ts.iter().for_each(log_transition),
         Err(e) => tracing::error!(error = %e, "build state: the load was not applied"),
@@ -865,6 +893,38 @@ mod tests {
             .by_token(next.token.as_deref().expect("token"))
             .expect("lookup");
         assert_eq!(found.map(|r| r.host), Some("a".to_string()));
+    }
+
+    /// Arming by a load or a command pins the media current then; a later compose does not
+    /// move the build, a new arm does.
+    #[test]
+    fn arming_pins_the_current_media() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = BuildState::open(&d.path().join("b.db")).expect("open");
+        let current = std::sync::Arc::new(Mutex::new("r/c1".to_string()));
+        let c = current.clone();
+        s.set_pinner(std::sync::Arc::new(move |host: &str| {
+            (host == "a").then(|| c.lock().expect("lock").clone())
+        }));
+        s.reconcile(&[], 1, |_| {}).expect("init");
+        s.reconcile(&[inv("a"), inv("b")], 1, |_| {}).expect("arm");
+        let a = s.get("a").expect("get").expect("a");
+        assert_eq!((a.state, a.media.as_deref()), (State::Armed, Some("r/c1")));
+        assert_eq!(s.get("b").expect("get").expect("b").media, None);
+        *current.lock().expect("lock") = "r/c2".into();
+        let mut next = a.clone();
+        next.token = Some(new_token());
+        assert!(s.apply(Some(&a), &next, &[], 2).expect("apply"));
+        let a = s.get("a").expect("get").expect("a");
+        assert_eq!(a.media.as_deref(), Some("r/c1"), "kept through the build");
+        let (rearmed, t) = lifecycle::rearm(&a, "op");
+        assert!(s.apply(Some(&a), &rearmed, &[t], 3).expect("rearm"));
+        let a = s.get("a").expect("get").expect("a");
+        assert_eq!(
+            a.media.as_deref(),
+            Some("r/c2"),
+            "a new build, the new compose"
+        );
     }
 
     #[test]

@@ -155,13 +155,24 @@ pub fn check_all(cat: &Catalog) -> Vec<Diagnostic> {
             }
         }
     }
+    // Synced releases: never synced (warning, or error under require_synced), tree's arch.
+    out.extend(crate::releases_cmd::check(&cat.config.state, site));
     out.extend(warnings);
     out
 }
 
 /// Prints every problem as `file:line: severity: message`; returns the number of errors.
 pub fn check(site_dir: &Path) -> usize {
-    match load(site_dir, &Overrides::default()) {
+    match load(site_dir, &Overrides::default())
+        .map_err(|e| e.0)
+        .and_then(|mut site| {
+            site.warnings.extend(boot_file_diagnostics(&site));
+            if site.warnings.iter().any(|d| d.severity == Severity::Error) {
+                Err(std::mem::take(&mut site.warnings))
+            } else {
+                Ok(site)
+            }
+        }) {
         Ok(site) => {
             for d in &site.warnings {
                 println!("{d}");
@@ -193,11 +204,10 @@ pub fn check(site_dir: &Path) -> usize {
             0
         }
         Err(errs) => {
-            for d in &errs.0 {
+            for d in &errs {
                 println!("{d}");
             }
             let n = errs
-                .0
                 .iter()
                 .filter(|d| d.severity == Severity::Error)
                 .count();
@@ -205,6 +215,86 @@ pub fn check(site_dir: &Path) -> usize {
             n
         }
     }
+}
+
+/// The boot file of each firmware class (`dhcp.boot_files`) must be a readable regular file of
+/// what TFTP and `/tftp/` serve (see [`crate::loaders::Served`]): an error for a class some
+/// profile uses (`firmware` bios/uefi/both, `arch`), a warning for the others. Only `check` and
+/// `serve`'s start run it, never a load: a missing file is not a broken site, and a reload must
+/// not be refused for it.
+pub fn boot_file_diagnostics(cat: &Catalog) -> Vec<Diagnostic> {
+    use pxeforge_site::{Arch, Firmware};
+    let site = &cat.site;
+    let f = &site.settings.dhcp.boot_files;
+    // Which profiles boot through a class, as the DHCP service picks them (dhcp/src/decide.rs):
+    // BIOS ones, UEFI ones of an arch (PXE and HTTP boot), or none (no profile arch is 32-bit).
+    let uefi = |a: Arch| Some((Some(a), [Firmware::Uefi, Firmware::Both]));
+    let bios = Some((None, [Firmware::Bios, Firmware::Both]));
+    let classes = [
+        ("bios", f.bios.as_str(), bios),
+        ("efi_x64", &f.efi_x64, uefi(Arch::X86_64)),
+        ("http_boot", &f.http_boot, uefi(Arch::X86_64)),
+        ("efi_ia32", &f.efi_ia32, None),
+        ("arm64", &f.arm64, uefi(Arch::Aarch64)),
+        (
+            "http_boot_arm64",
+            f.http_boot_arm64.as_deref().unwrap_or(&f.arm64),
+            uefi(Arch::Aarch64),
+        ),
+    ];
+    // One diagnostic per file, naming every class that uses it.
+    let mut by_file: std::collections::BTreeMap<
+        &str,
+        (Vec<&str>, std::collections::BTreeSet<&str>),
+    > = Default::default();
+    for (class, file, by) in classes {
+        let e = by_file.entry(file).or_default();
+        e.0.push(class);
+        let Some((arch, firmware)) = by else {
+            continue;
+        };
+        e.1.extend(
+            site.profiles
+                .values()
+                .filter(|p| arch.is_none_or(|a| p.arch == a) && firmware.contains(&p.firmware))
+                .map(|p| p.name.as_str()),
+        );
+    }
+    let served = crate::loaders::Served::of(cat);
+    let settings_file = PathBuf::from("pxeforge.toml");
+    let mut out = Vec::new();
+    for (file, (classes, users)) in by_file {
+        let Err(why) = served.lookup(file) else {
+            continue;
+        };
+        let classes = classes
+            .iter()
+            .map(|c| format!("dhcp.boot_files.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let head = format!(
+            "boot file {file:?} ({classes}) {why} ({})",
+            served.describe()
+        );
+        out.push(if users.is_empty() {
+            Diagnostic::warning(
+                &settings_file,
+                0,
+                format!("{head}; no profile boots through it"),
+            )
+        } else {
+            Diagnostic::error(
+                &settings_file,
+                0,
+                format!(
+                    "{head}; profiles {} boot through it: {}",
+                    users.into_iter().collect::<Vec<_>>().join(", "),
+                    served.hint()
+                ),
+            )
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

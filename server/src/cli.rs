@@ -825,8 +825,16 @@ pub fn render_host(doc: &Value) -> String {
         vec!["source".to_string(), cell(&h["source"])],
         vec!["install".to_string(), cell(&h["install"])],
         vec!["state".to_string(), state],
-        vec!["last event".to_string(), event_summary(&h["last_event"])],
     ];
+    let mut rows = rows;
+    // Only while a build is pinned to synced media: most hosts have none to show.
+    if let Some(m) = h["media"].as_str() {
+        rows.push(vec!["media".to_string(), m.to_string()]);
+    }
+    rows.push(vec![
+        "last event".to_string(),
+        event_summary(&h["last_event"]),
+    ]);
     out.push_str(&fields(&rows));
     let history = doc["history"].as_array().cloned().unwrap_or_default();
     out.push_str("\nstate changes (newest first)\n");

@@ -174,10 +174,10 @@ impl Config {
             } else {
                 Some(o.tftp.unwrap_or(s.tftp.listen))
             },
-            tftp_root: o
-                .tftp_root
-                .clone()
-                .unwrap_or_else(|| site.path(&s.tftp.root)),
+            tftp_root: o.tftp_root.clone().unwrap_or_else(|| match &s.tftp.root {
+                Some(r) => site.path(r),
+                None => crate::loaders::current_dir(&state),
+            }),
             assets: o
                 .assets
                 .clone()

@@ -66,6 +66,10 @@ pub struct Record {
     /// answer) sends it again, and is answered the same, with nothing changed.
     pub spent_token: Option<String>,
     pub spent_status: Option<String>,
+    /// The boot media of this build, `<release>/<compose-id>`: pinned when the host is armed
+    /// (the releases store's current compose then), so that a host mid-install never changes
+    /// compose. `None` while its release has never been synced.
+    pub media: Option<String>,
 }
 
 impl Record {
@@ -84,6 +88,7 @@ impl Record {
             served_at: 0,
             spent_token: None,
             spent_status: None,
+            media: None,
         }
     }
 }
@@ -179,8 +184,12 @@ pub fn reconcile(
 /// What `/ipxe` serves an inventory host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Script {
-    /// The install script, with this token in its kickstart URL.
-    Install { token: String },
+    /// The install script, with this token in its kickstart URL, booting these media
+    /// (`<release>/<compose-id>`; `None`: the release's upstream tree).
+    Install {
+        token: String,
+        media: Option<String>,
+    },
     /// The local-boot script.
     Local,
     /// Armed, but `install.max_installing` installs are under way: wait and ask again.
@@ -211,6 +220,7 @@ pub fn on_script(
     source: &str,
     fresh_token: &mut dyn FnMut() -> String,
     room: bool,
+    current_media: &mut dyn FnMut() -> Option<String>,
 ) -> (Script, Option<(Record, Vec<Transition>)>) {
     let mut changes = Vec::new();
     let mut rec = r.clone();
@@ -244,13 +254,17 @@ pub fn on_script(
         rec.token = Some(fresh_token());
         rec.token_at = now;
     }
+    pin(&mut rec, current_media);
     let script = match (&rec.state, &rec.token) {
         (State::Armed, Some(t)) => {
             // Once per start window, not per request: a retry of the same boot writes nothing.
             if !in_flight(&rec, now) {
                 rec.served_at = now;
             }
-            Script::Install { token: t.clone() }
+            Script::Install {
+                token: t.clone(),
+                media: rec.media.clone(),
+            }
         }
         _ => Script::Local,
     };
@@ -258,10 +272,24 @@ pub fn on_script(
     (script, changed)
 }
 
+/// Pins the boot media of an armed build that has none yet to what `current` says is current
+/// (nothing when its release was never synced: it is asked again at the next write). The one
+/// rule for pinning, used by every path that arms (`/ipxe`, and the store's writes for loads and
+/// commands).
+pub fn pin(rec: &mut Record, current: &mut dyn FnMut() -> Option<String>) {
+    if rec.state == State::Armed && rec.media.is_none() {
+        rec.media = current();
+    }
+}
+
 /// Moves `rec` to `to` and says so: the one place a transition is made.
 fn move_to(rec: &mut Record, to: State, cause: &str, source: &str) -> Transition {
     let from = rec.state;
     rec.state = to;
+    if to == State::Armed {
+        // A new build: its media are pinned afresh when it is written (BuildState::pin).
+        rec.media = None;
+    }
     Transition {
         host: rec.host.clone(),
         from: Some(from),
@@ -475,13 +503,58 @@ mod tests {
     }
 
     #[test]
+    fn media_are_pinned_once_per_build() {
+        let r = rec(State::Armed, None);
+        let mut current = || Some("stream9/aaa".to_string());
+        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), true, &mut current);
+        assert_eq!(
+            s,
+            Script::Install {
+                token: "t1".into(),
+                media: Some("stream9/aaa".into())
+            }
+        );
+        let r = ch.expect("pinned").0;
+        // A new compose published mid-install does not move the build.
+        let (s, ch) = on_script(&r, 1001, &P, "x", &mut tok(), true, &mut || {
+            Some("stream9/bbb".into())
+        });
+        assert!(matches!(s, Script::Install { media: Some(m), .. } if m == "stream9/aaa"));
+        assert!(ch.is_none());
+        // A new build takes the compose current then.
+        let (r, _) = rearm(&r, "op");
+        assert_eq!(r.media, None);
+        let (s, _) = on_script(&r, 1002, &P, "x", &mut tok(), true, &mut || {
+            Some("stream9/bbb".into())
+        });
+        assert!(matches!(s, Script::Install { media: Some(m), .. } if m == "stream9/bbb"));
+        // Never synced: nothing pinned, asked again next time.
+        let (s, _) = on_script(
+            &rec(State::Armed, None),
+            1000,
+            &P,
+            "x",
+            &mut tok(),
+            true,
+            &mut || None,
+        );
+        assert!(matches!(s, Script::Install { media: None, .. }));
+    }
+
+    #[test]
     fn a_whole_build() {
         let r = rec(State::Armed, None);
-        let (s, ch) = on_script(&r, 1000, &P, "10.0.0.5", &mut tok(), true);
-        assert_eq!(s, Script::Install { token: "t1".into() });
+        let (s, ch) = on_script(&r, 1000, &P, "10.0.0.5", &mut tok(), true, &mut || None);
+        assert_eq!(
+            s,
+            Script::Install {
+                token: "t1".into(),
+                media: None
+            }
+        );
         let r = ch.expect("token made").0;
         // Serving the script again changes nothing.
-        let (s2, ch2) = on_script(&r, 1001, &P, "10.0.0.5", &mut tok(), true);
+        let (s2, ch2) = on_script(&r, 1001, &P, "10.0.0.5", &mut tok(), true, &mut || None);
         assert_eq!(s2, s);
         assert!(ch2.is_none());
         assert_eq!(
@@ -501,7 +574,7 @@ mod tests {
         assert_eq!(r.state, State::Installed);
         assert_eq!(t[0].to, State::Installed);
         assert_eq!(
-            on_script(&r, 1005, &P, "x", &mut tok(), true).0,
+            on_script(&r, 1005, &P, "x", &mut tok(), true, &mut || None).0,
             Script::Local
         );
         // The build is over: its token opens nothing but a repeat of the event that ended it.
@@ -513,20 +586,40 @@ mod tests {
     #[test]
     fn without_room_an_armed_host_waits_and_a_started_one_keeps_its_slot() {
         let r = rec(State::Armed, None);
-        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), false);
+        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), false, &mut || None);
         assert_eq!(s, Script::Wait);
         assert!(ch.is_none(), "waiting makes no token and changes nothing");
-        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), true);
-        assert_eq!(s, Script::Install { token: "t1".into() });
+        let (s, ch) = on_script(&r, 1000, &P, "x", &mut tok(), true, &mut || None);
+        assert_eq!(
+            s,
+            Script::Install {
+                token: "t1".into(),
+                media: None
+            }
+        );
         let r = ch.expect("token and start").0;
         assert_eq!(r.served_at, 1000);
         assert!(in_flight(&r, 1000 + START_WINDOW_SECS - 1));
         assert!(!in_flight(&r, 1000 + START_WINDOW_SECS));
         // The same boot asking again is not told to wait, though the cap is now full.
-        let (s, _) = on_script(&r, 1010, &P, "x", &mut tok(), false);
-        assert_eq!(s, Script::Install { token: "t1".into() });
+        let (s, _) = on_script(&r, 1010, &P, "x", &mut tok(), false, &mut || None);
+        assert_eq!(
+            s,
+            Script::Install {
+                token: "t1".into(),
+                media: None
+            }
+        );
         // Past the window, it is a new start and needs room again.
-        let (s, _) = on_script(&r, 1000 + START_WINDOW_SECS, &P, "x", &mut tok(), false);
+        let (s, _) = on_script(
+            &r,
+            1000 + START_WINDOW_SECS,
+            &P,
+            "x",
+            &mut tok(),
+            false,
+            &mut || None,
+        );
         assert_eq!(s, Script::Wait);
     }
 
@@ -583,15 +676,21 @@ mod tests {
     #[test]
     fn a_network_boot_while_installing_fails_then_policy_decides() {
         let r = rec(State::Installing, Some("t"));
-        let (s, ch) = on_script(&r, 1001, &P, "x", &mut tok(), true);
+        let (s, ch) = on_script(&r, 1001, &P, "x", &mut tok(), true, &mut || None);
         assert_eq!(s, Script::Local);
         assert_eq!(ch.expect("failed").0.state, State::Failed);
         let rearm = Policy {
             on_failure: OnFailure::Rearm,
             ..P
         };
-        let (s, ch) = on_script(&r, 1001, &rearm, "x", &mut tok(), true);
-        assert_eq!(s, Script::Install { token: "t1".into() });
+        let (s, ch) = on_script(&r, 1001, &rearm, "x", &mut tok(), true, &mut || None);
+        assert_eq!(
+            s,
+            Script::Install {
+                token: "t1".into(),
+                media: None
+            }
+        );
         let (rec2, ts) = ch.expect("rearmed");
         assert_eq!(rec2.state, State::Armed);
         assert_eq!(ts.len(), 2);
@@ -600,7 +699,7 @@ mod tests {
     #[test]
     fn tokens_expire() {
         let r = rec(State::Armed, Some("t"));
-        let (s, ch) = on_script(&r, 1000 + 86401, &P, "x", &mut tok(), true);
+        let (s, ch) = on_script(&r, 1000 + 86401, &P, "x", &mut tok(), true, &mut || None);
         assert_eq!(s, Script::Local);
         assert_eq!(ch.expect("failed").0.state, State::Failed);
         assert_eq!(

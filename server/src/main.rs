@@ -91,6 +91,11 @@ enum Command {
     Resume(cli::PauseArgs),
     /// Inspect the image store: list, verify checksums, collect old builds
     Images(build_cmd::ImagesArgs),
+    /// Sync CentOS Stream boot media verified by their .treeinfo; list, verify, collect them
+    Releases(pxeforge_server::releases_cmd::ReleasesArgs),
+    /// The loaders store (first-stage boot files TFTP serves): sync from [loaders] sources, list,
+    /// verify, gc
+    Loaders(pxeforge_server::loaders_cmd::LoadersArgs),
     /// Boot a profile's host in a QEMU VM on a private network and report each boot stage (root)
     VmTest(pxeforge_vmtest::VmTestArgs),
     /// Boot a simulated fleet against a real server on loopback and report its capacity
@@ -165,6 +170,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pause(args) => cli::pause(&args.admin, true),
         Command::Resume(args) => cli::pause(&args.admin, false),
         Command::Images(args) => Ok(ExitCode::from(build_cmd::images(&args)? as u8)),
+        Command::Releases(args) => Ok(ExitCode::from(
+            pxeforge_server::releases_cmd::releases(&args)?.clamp(0, 255) as u8,
+        )),
+        Command::Loaders(args) => Ok(ExitCode::from(
+            pxeforge_server::loaders_cmd::loaders(&args)? as u8,
+        )),
         Command::VmTest(args) => Ok(ExitCode::from(
             pxeforge_vmtest::run(&args)?.clamp(0, 255) as u8
         )),

@@ -99,6 +99,7 @@ fn offline(args: &ReinstallArgs, state: &Path) -> Result<ExitCode> {
     }
     let now = crate::events::now();
     // A first start adopts the fleet as installed before anything is armed on purpose.
+    store.set_pinner(crate::media::pinner(&cat.config.state, site));
     store.reconcile(&buildstate::inventory(site), now, |_| {})?;
     // Who asked, as far as the environment says (sudo keeps the operator's name).
     let who = std::env::var("SUDO_USER")

@@ -23,6 +23,7 @@ pub fn with_host_context<R>(
     mac: Mac,
     platform: Option<&str>,
     token: &str,
+    media: Option<&str>,
     f: impl FnOnce(&Context) -> R,
 ) -> R {
     let platform = platform.unwrap_or_else(|| default_platform(profile));
@@ -45,7 +46,7 @@ pub fn with_host_context<R>(
         Some(s) => s.take(),
         None => profile_context(&cat.site, base_url, profile, platform),
     };
-    add_request_parts(&mut ctx, cat, base_url, host, profile, mac, token);
+    add_request_parts(&mut ctx, cat, base_url, host, profile, mac, token, media);
     let out = f(&ctx);
     if let Some(s) = shared {
         s.give_back(ctx);
@@ -62,6 +63,7 @@ fn default_platform(profile: &Profile) -> &'static str {
 
 /// Sets what differs between hosts of one profile, or between requests: always the same keys,
 /// so that a reused copy of the shared context keeps nothing of the previous host.
+#[allow(clippy::too_many_arguments)]
 fn add_request_parts(
     ctx: &mut Context,
     cat: &Catalog,
@@ -70,7 +72,25 @@ fn add_request_parts(
     profile: &Profile,
     mac: Mac,
     token: &str,
+    media: Option<&str>,
 ) {
+    // The boot media are the host's build's (pinned at arming), or the release's current ones:
+    // per request, since a sync moves `current` without reloading the site. A release that must
+    // be synced and is not shows its upstream here; `render_ipxe` refuses an armed host's
+    // install script for it.
+    let m = crate::media::boot_media(
+        &cat.config.state,
+        &cat.site,
+        profile,
+        media,
+        base_url,
+        false,
+    )
+    .unwrap_or_default();
+    ctx.insert("kernel_url", &m.kernel_url);
+    ctx.insert("initrd_url", &m.initrd_url);
+    ctx.insert("stage2_url", &m.stage2_url);
+    ctx.insert("media", &m.media.unwrap_or_default());
     let mac_url = mac.hyphenated();
     ctx.insert("host", host);
     ctx.insert("mac", &mac.to_string());
@@ -97,17 +117,13 @@ fn profile_context(site: &Site, base_url: &str, profile: &Profile, platform: &st
     ctx.insert("platform", platform);
     ctx.insert("install", &site.settings.install);
     ctx.insert("events_url", &format!("{base_url}/events"));
-    let release = profile.release.map(|r| r.to_string());
+    let release = profile.release.clone();
     let rel = release
         .as_ref()
         .and_then(|r| site.settings.install.releases.get(r));
     let repo = rel
-        .map(|r| r.repo.replace("{base_url}", base_url))
+        .map(|r| r.repo().replace("{base_url}", base_url))
         .unwrap_or_default();
-    let boot_tree = rel
-        .and_then(|r| r.boot_tree.as_ref())
-        .map(|t| t.replace("{base_url}", base_url))
-        .unwrap_or_else(|| repo.clone());
     let extra_repos: std::collections::BTreeMap<String, String> = rel
         .map(|r| {
             r.extra_repos
@@ -117,13 +133,12 @@ fn profile_context(site: &Site, base_url: &str, profile: &Profile, platform: &st
         })
         .unwrap_or_default();
     ctx.insert("release", &release.unwrap_or_default());
+    ctx.insert(
+        "release_version",
+        &rel.and_then(|r| r.version).unwrap_or_default(),
+    );
     ctx.insert("repo", &repo);
     ctx.insert("extra_repos", &extra_repos);
-    ctx.insert("kernel_url", &format!("{boot_tree}/images/pxeboot/vmlinuz"));
-    ctx.insert(
-        "initrd_url",
-        &format!("{boot_tree}/images/pxeboot/initrd.img"),
-    );
     let mut args: Vec<String> = Vec::new();
     if let Some(c) = &profile.console {
         args.push(format!("console={c}"));
@@ -167,8 +182,8 @@ pub fn render_ipxe(
                 .mac
                 .or_else(|| host.macs.first().copied())
                 .unwrap_or(Mac([0; 6]));
-            let (template, token) = match build {
-                BuildScript::Local => (LOCAL, TOKEN_PLACEHOLDER),
+            let (template, token, media) = match build {
+                BuildScript::Local => (LOCAL, TOKEN_PLACEHOLDER, None),
                 BuildScript::Wait => {
                     let mut ctx = Context::new();
                     ctx.insert("base_url", base_url);
@@ -176,16 +191,43 @@ pub fn render_ipxe(
                     ctx.insert("retry_secs", &cat.site.settings.install.discover_retry_secs);
                     return cat.templates.render(WAIT, &ctx);
                 }
-                BuildScript::Install { token } => {
-                    (ipxe_template_for(Some(host), profile), &token[..])
-                }
-                BuildScript::Untracked => {
-                    (ipxe_template_for(Some(host), profile), TOKEN_PLACEHOLDER)
-                }
+                BuildScript::Install { token, media } => (
+                    ipxe_template_for(Some(host), profile),
+                    &token[..],
+                    media.as_deref(),
+                ),
+                BuildScript::Untracked => (
+                    ipxe_template_for(Some(host), profile),
+                    TOKEN_PLACEHOLDER,
+                    None,
+                ),
             };
-            with_host_context(cat, base_url, host, profile, mac, platform, token, |ctx| {
-                cat.templates.render(template, ctx)
-            })
+            if matches!(build, BuildScript::Install { .. }) && template == INSTALL {
+                // Under require_synced, an install must not boot anything but synced media.
+                crate::media::boot_media(
+                    &cat.config.state,
+                    &cat.site,
+                    profile,
+                    media,
+                    base_url,
+                    true,
+                )
+                .map_err(|e| RenderError::Template {
+                    name: template.to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            with_host_context(
+                cat,
+                base_url,
+                host,
+                profile,
+                mac,
+                platform,
+                token,
+                media,
+                |ctx| cat.templates.render(template, ctx),
+            )
         }
         // A machine a match rule only suggested a profile for gets what an unknown machine
         // gets until an operator approves it: nothing of that profile is served yet.
@@ -223,10 +265,21 @@ pub fn render_kickstart(
     platform: Option<&str>,
     token: &str,
 ) -> Result<String, RenderError> {
-    with_host_context(cat, base_url, host, profile, mac, platform, token, |ctx| {
-        cat.templates
-            .render(&format!("ks/{}", profile.kickstart), ctx)
-    })
+    // The kickstart names no boot media: the release's current ones fill the context.
+    with_host_context(
+        cat,
+        base_url,
+        host,
+        profile,
+        mac,
+        platform,
+        token,
+        None,
+        |ctx| {
+            cat.templates
+                .render(&format!("ks/{}", profile.kickstart), ctx)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -256,6 +309,7 @@ mod tests {
             mac,
             platform,
             ks,
+            None,
             Context::clone,
         )
     }
@@ -283,7 +337,9 @@ mod tests {
     ) -> Context {
         let platform = platform.unwrap_or_else(|| default_platform(profile));
         let mut ctx = profile_context(&site.site, base_url, profile, platform);
-        add_request_parts(&mut ctx, site, base_url, host, profile, mac, &host.name);
+        add_request_parts(
+            &mut ctx, site, base_url, host, profile, mac, &host.name, None,
+        );
         ctx
     }
 
@@ -378,7 +434,9 @@ mod tests {
                 let (host, profile, mac) = &hosts[j];
                 let ks = &host.name;
                 let seen =
-                    with_host_context(&site, &base, host, profile, *mac, None, ks, |c| c.clone());
+                    with_host_context(&site, &base, host, profile, *mac, None, ks, None, |c| {
+                        c.clone()
+                    });
                 assert_eq!(seen, fresh[j], "{} in round {round}", host.name);
             }
         }

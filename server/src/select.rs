@@ -115,7 +115,12 @@ pub enum BuildScript {
     /// local), or `check` and `render`, which print `TOKEN` where the token goes.
     Untracked,
     /// Armed: the install script, carrying this build's token.
-    Install { token: String },
+    /// Armed: the install script with its token, booting its pinned media
+    /// (`<release>/<compose-id>`, or `None`: current or upstream).
+    Install {
+        token: String,
+        media: Option<String>,
+    },
     /// Installed, failed and held, paused, or the store cannot be read: the local-boot script.
     Local,
     /// Armed, but `install.max_installing` installs are under way: wait and ask again.

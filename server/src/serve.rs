@@ -118,6 +118,7 @@ fn tftp_config(
         max_transfers: t.max_transfers.max(1).min(budget.tftp_transfers.max(1)),
         max_new_per_source_per_sec: t.new_per_source_per_sec,
         max_transfers_per_addr: t.max_transfers_per_addr,
+        lockstep_slice: std::time::Duration::from_micros(t.lockstep_slice_us),
         rate_limit_exempt: exempt,
         ..defaults
     }
@@ -168,6 +169,8 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let eff: Config = catalog.config.clone();
     std::fs::create_dir_all(&eff.state)
         .with_context(|| format!("creating state directory {}", eff.state.display()))?;
+    // Before TFTP binds: its default root is the loaders store's `current`, filled here if empty.
+    crate::loaders::at_start(&catalog);
     let metrics = Arc::new(Metrics::default());
     let events = Arc::new(EventStore::open(&eff.state.join("events.db"))?);
     if events.moved_aside().is_some() {
@@ -176,7 +179,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let build = Arc::new(crate::buildstate::Store::open(
         &eff.state.join("buildstate.db"),
     ));
-    crate::buildstate::reconcile_site(&build, &catalog.site);
+    crate::buildstate::reconcile_site(&build, &catalog.site, &eff.state);
     let dhcp_site = Arc::new(ArcSwap::from_pointee(crate::dhcp_view::compile(&catalog)));
     let catalog = Arc::new(ArcSwap::from_pointee(catalog));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -221,7 +224,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     }
 
     if eff.dhcp != DhcpMode::Off {
-        let config = crate::dhcp_view::config(&eff);
+        let config = crate::dhcp_view::config(&eff).tuned(&catalog.load().site.settings.dhcp);
         let server = pxeforge_dhcp::DhcpServer::bind(config, dhcp_site.clone())
             .await
             .context("starting DHCP")?;
@@ -238,6 +241,11 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         tasks.spawn(async move { server.run(sd).await.context("DHCP service") });
     }
 
+    let scripts = Arc::new(crate::script_cache::ScriptCache::new(&eff.state));
+    {
+        let s = scripts.clone();
+        extra_metrics.push(Arc::new(move |out: &mut String| s.write_prometheus(out)));
+    }
     let installs = Arc::new(InstallGauges::default());
     {
         let (g, b) = (installs.clone(), build.clone());
@@ -252,6 +260,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
         tftp_root: eff.tftp_root.clone(),
         state_dir: eff.state.clone(),
         extra_metrics: Arc::new(extra_metrics),
+        scripts,
     });
     let listener = pxeforge_httpd::conn::bind(eff.http)
         .with_context(|| format!("binding HTTP on {}", eff.http))?;
@@ -360,7 +369,8 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
                         // Before the new site serves: a raised generation arms at this moment.
                         let (b, site_for_state) = (build.clone(), new);
                         let new = match tokio::task::spawn_blocking(move || {
-                            crate::buildstate::reconcile_site(&b, &site_for_state.site);
+                            let state = site_for_state.config.state.clone();
+                            crate::buildstate::reconcile_site(&b, &site_for_state.site, &state);
                             site_for_state
                         })
                         .await

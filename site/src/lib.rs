@@ -67,6 +67,7 @@ impl Site {
             warnings: Vec::new(),
         };
         site.index();
+        site.resolve_releases();
         diags.extend(site.check_references());
         if has_errors(&diags) {
             return Err(SiteErrors(diags));
@@ -99,6 +100,26 @@ impl Site {
         }
     }
 
+    /// A wave-1 `release = 9` names the release called "9" when there is one, else the one
+    /// release of that version for the profile's architecture.
+    fn resolve_releases(&mut self) {
+        let releases = &self.settings.install.releases;
+        for p in self.profiles.values_mut() {
+            let Some(v) = p.release_by_version else {
+                continue;
+            };
+            if releases.contains_key(&v.to_string()) {
+                continue;
+            }
+            let mut fits = releases
+                .iter()
+                .filter(|(_, r)| r.version == Some(v) && r.arch() == p.arch);
+            if let (Some((name, _)), None) = (fits.next(), fits.next()) {
+                p.release = Some(name.clone());
+            }
+        }
+    }
+
     /// Cross-file checks that need the whole site: profiles naming recipes, release settings
     /// that profiles rely on.
     fn check_references(&self) -> Vec<Diagnostic> {
@@ -113,18 +134,25 @@ impl Site {
                 })
             };
             match p.boot {
-                BootMethod::Install | BootMethod::Image => match p.release {
+                BootMethod::Install | BootMethod::Image => match &p.release {
                     None => err(format!(
-                        "profile {:?} boots with {:?} and needs `release` (9 or 10)",
+                        "profile {:?} boots with {:?} and needs `release` (an [install.releases.NAME])",
                         p.name, p.boot
                     )),
-                    Some(r) if !self.settings.install.releases.contains_key(&r.to_string()) => {
-                        err(format!(
-                            "profile {:?} uses release {r}, but pxeforge.toml has no [install.releases.{r}]",
-                            p.name
-                        ))
-                    }
-                    _ => {}
+                    Some(r) => match self.settings.install.releases.get(r) {
+                        None => err(format!(
+                            "profile {:?} uses release {r}, but pxeforge.toml has no [install.releases.{r}]{}",
+                            p.name,
+                            if p.release_by_version.is_some() { " and no single release of that version for its arch" } else { "" }
+                        )),
+                        Some(rel) if rel.arch() != p.arch => err(format!(
+                            "profile {:?} is {} but release {r} is an {} tree",
+                            p.name,
+                            p.arch.as_str(),
+                            rel.arch().as_str()
+                        )),
+                        Some(_) => {}
+                    },
                 },
                 _ => {}
             }
@@ -193,6 +221,67 @@ fn toml_files(dir: &Path, sub: &str, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf
     files
 }
 
+/// `[install.releases.*]`: names usable as store keys, sane values, and the wave-1 form mapped
+/// onto the new keys (`version` from a numeric name, `arch` x86_64, `upstream` from `boot_tree`
+/// or `repo`), each with a warning that names the key to write.
+fn check_releases(
+    releases: &mut BTreeMap<String, settings::ReleaseSettings>,
+    text: &str,
+    fd: &mut FileDiags,
+) {
+    for (name, r) in releases.iter_mut() {
+        let header = format!("[install.releases.{name}]");
+        let off = text
+            .find(&header)
+            .or_else(|| text.find(&format!("[install.releases.\"{name}\"]")))
+            .unwrap_or(0);
+        let line = fd.line_of(off);
+        let at = format!("install.releases.{name}");
+        if !pxeforge_store::valid_name(name) {
+            fd.error_at(off, format!("{at}: a release name is letters, digits, '-', '_' and '.' (it names a folder of the releases store)"));
+        }
+        match r.version {
+            Some(9 | 10) => {}
+            Some(v) => fd.error_at(off, format!("{at}: version {v}: CentOS Stream 9 or 10")),
+            None => match name.parse::<u32>() {
+                Ok(v @ (9 | 10)) => {
+                    r.version = Some(v);
+                    fd.push(line, Severity::Warning, format!("{at}: the version is read from the name (wave-1 form): write version = {v}"));
+                }
+                _ => fd.error_at(off, format!("{at}: needs version (9 or 10)")),
+            },
+        }
+        if r.arch.is_none() {
+            fd.push(
+                line,
+                Severity::Warning,
+                format!("{at}: no arch, x86_64 assumed (wave-1 form): write arch = \"x86_64\""),
+            );
+        }
+        if r.upstream.is_none() {
+            match (&r.boot_tree, &r.repo) {
+                (Some(_), _) => fd.push(line, Severity::Warning, format!("{at}: boot_tree is read as upstream (wave-1 form): write upstream = the install tree's URL")),
+                (None, Some(_)) => fd.push(line, Severity::Warning, format!("{at}: repo is read as upstream, the install tree (wave-1 form): write upstream = the install tree's URL")),
+                (None, None) => fd.error_at(off, format!("{at}: needs upstream, the install tree's URL")),
+            }
+        } else if r.boot_tree.is_some() {
+            fd.error_at(
+                off,
+                format!("{at}: boot_tree is the wave-1 name of upstream: keep only upstream"),
+            );
+        }
+        if let Some(sum) = &r.treeinfo_sha256 {
+            if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                fd.error_at(off, format!("{at}: treeinfo_sha256 must be 64 hex digits"));
+            }
+        }
+        let u = r.upstream();
+        if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("{base_url}")) {
+            fd.error_at(off, format!("{at}: upstream {u:?} must be an http:// or https:// URL (or start with {{base_url}})"));
+        }
+    }
+}
+
 fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
     let path = dir.join("pxeforge.toml");
     if !path.exists() {
@@ -229,6 +318,8 @@ fn load_settings(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
                 );
             }
             check_dhcp_subnets(&s.dhcp, &text, &mut fd);
+            let mut s = s;
+            check_releases(&mut s.install.releases, &text, &mut fd);
             for n in &s.limits.exempt {
                 if !settings::valid_network(n) {
                     let off = text.find(n.as_str()).unwrap_or(0);
@@ -359,8 +450,19 @@ fn parse_profile(
         Ok(p) => p,
     };
     if let Some(r) = &p.release {
-        if !matches!(*r.get_ref(), 9 | 10) {
-            fd.error_at(r.span().start, "release must be 9 or 10 (CentOS Stream)");
+        match r.get_ref() {
+            profile::ReleaseRef::Version(9 | 10) => fd.push(
+                fd.line_of(r.span().start),
+                Severity::Warning,
+                "release = <number> is the wave-1 form: name an [install.releases.NAME] with release = \"NAME\"",
+            ),
+            profile::ReleaseRef::Version(_) => {
+                fd.error_at(r.span().start, "release must name an [install.releases.NAME]")
+            }
+            profile::ReleaseRef::Name(n) if n.is_empty() => {
+                fd.error_at(r.span().start, "release must name an [install.releases.NAME]")
+            }
+            profile::ReleaseRef::Name(_) => {}
         }
     }
     let disk = p.disk.get_ref();
@@ -435,7 +537,14 @@ fn parse_profile(
             .map(|f| f.into_inner())
             .collect(),
         boot: p.boot,
-        release: p.release.map(|r| r.into_inner()),
+        release_by_version: match p.release.as_ref().map(|r| r.get_ref()) {
+            Some(profile::ReleaseRef::Version(v)) => Some(*v),
+            _ => None,
+        },
+        release: p.release.map(|r| match r.into_inner() {
+            profile::ReleaseRef::Name(n) => n,
+            profile::ReleaseRef::Version(v) => v.to_string(),
+        }),
         kickstart,
         image: p.image.map(|i| i.into_inner()),
         layer: p.layer.map(|l| l.into_inner()),

@@ -11,6 +11,16 @@ pub enum Arch {
     Aarch64,
 }
 
+impl Arch {
+    /// The name written in profiles, `.treeinfo` and Debian's and CentOS's trees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
@@ -69,7 +79,7 @@ pub struct ProfileFile {
     #[serde(default)]
     pub boot: BootMethod,
     #[serde(default)]
-    pub release: Option<Spanned<u32>>,
+    pub release: Option<Spanned<ReleaseRef>>,
     #[serde(default)]
     pub kickstart: Option<Spanned<String>>,
     #[serde(default)]
@@ -88,6 +98,14 @@ pub struct ProfileFile {
     pub auto_install: bool,
 }
 
+/// `release = "stream9-x86_64"`, or the wave-1 `release = 9`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ReleaseRef {
+    Name(String),
+    Version(u32),
+}
+
 /// A validated profile, as templates and the selector see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
@@ -103,7 +121,11 @@ pub struct Profile {
     pub drivers: Vec<String>,
     pub firmware_files: Vec<PathBuf>,
     pub boot: BootMethod,
-    pub release: Option<u32>,
+    /// The name of an `[install.releases.NAME]` (a wave-1 number is resolved at load).
+    pub release: Option<String>,
+    /// `release` was written as a number (wave-1): resolved by version and arch at load.
+    #[serde(skip)]
+    pub release_by_version: Option<u32>,
     pub kickstart: String,
     pub image: Option<String>,
     pub layer: Option<PathBuf>,

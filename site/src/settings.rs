@@ -14,7 +14,30 @@ pub struct Settings {
     pub install: InstallSettings,
     pub limits: LimitsSettings,
     pub admin: AdminSettings,
+    pub loaders: LoadersSettings,
 }
+
+/// `[loaders]`: where the first-stage boot files of the loaders store come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadersSettings {
+    /// Tried in order by `pxeforge loaders sync` (and by `serve` when the store is empty); the
+    /// first source that has a file wins. A folder (Debian's `ipxe` package, a local iPXE
+    /// build; symlinks are resolved at copy time), or `releases`: shim and GRUB of every synced
+    /// release, under `<release>/`.
+    pub sources: Vec<String>,
+}
+
+impl Default for LoadersSettings {
+    fn default() -> Self {
+        LoadersSettings {
+            sources: vec!["/usr/lib/ipxe".into(), LOADERS_FROM_RELEASES.into()],
+        }
+    }
+}
+
+/// The `loaders.sources` entry that stands for the synced release trees.
+pub const LOADERS_FROM_RELEASES: &str = "releases";
 
 /// The admin listener: the inventory, the events and every state change, apart from the boot
 /// network and behind a bearer token.
@@ -69,6 +92,8 @@ pub struct LimitsSettings {
     /// Addresses and networks (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`) the per-client caps do
     /// not apply to: loopback benches, racks behind NAT, load balancers.
     pub exempt: Vec<String>,
+    /// Rendered `/ipxe` scripts kept in memory (inventory hosts only); 0: none are kept.
+    pub script_cache_entries: usize,
 }
 
 impl Default for LimitsSettings {
@@ -81,6 +106,7 @@ impl Default for LimitsSettings {
             http_request_secs: 30,
             http_stall_secs: 60,
             exempt: Vec::new(),
+            script_cache_entries: 16_384,
         }
     }
 }
@@ -131,7 +157,9 @@ impl Default for ServerSettings {
 pub struct TftpSettings {
     pub enabled: bool,
     pub listen: SocketAddr,
-    pub root: PathBuf,
+    /// The folder TFTP and `/tftp/` serve; unset: the loaders store's current item
+    /// (`STATE/loaders/current`, filled by `pxeforge loaders sync`, and by `serve` when empty).
+    pub root: Option<PathBuf>,
     /// Largest `timeout` option (seconds) acknowledged; a larger one is left unacknowledged.
     pub max_timeout: u64,
     /// Seconds after which any transfer ends (longer for files that need it at 64 KiB/s).
@@ -144,6 +172,10 @@ pub struct TftpSettings {
     /// Transfers one client address may hold at once (0: no cap); `limits.exempt` and loopback
     /// are exempt.
     pub max_transfers_per_addr: usize,
+    /// Time slice (microseconds) the thread of a large lockstep transfer asks the kernel for
+    /// (Linux 6.12+): short, so that each ACK's wake-up preempts a CPU-bound neighbour at
+    /// once. 0: the kernel's default.
+    pub lockstep_slice_us: u64,
 }
 
 impl Default for TftpSettings {
@@ -151,12 +183,13 @@ impl Default for TftpSettings {
         TftpSettings {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 6969)),
-            root: PathBuf::from("/usr/lib/ipxe"),
+            root: None,
             max_timeout: 10,
             transfer_deadline_secs: 600,
             max_transfers: 4096,
             new_per_source_per_sec: 20,
             max_transfers_per_addr: 16,
+            lockstep_slice_us: 100,
         }
     }
 }
@@ -192,6 +225,12 @@ pub struct DhcpSettings {
     /// DHCP servers expected on the segment (a second pxeforge, the site's server beside a
     /// proxy): their replies are counted, not warned about.
     pub peers: Vec<Ipv4Addr>,
+    /// Receive buffer of each DHCP socket (bytes, SO_RCVBUF): room for a boot storm's burst
+    /// while a batch of leases is being made durable. Read at start.
+    pub recv_buffer_bytes: usize,
+    /// Most ACKs made durable by one fsync (group commit): the requests waiting in the socket
+    /// are committed together, then fsynced once, then answered.
+    pub group_commit_max: usize,
 }
 
 impl Default for DhcpSettings {
@@ -207,6 +246,8 @@ impl Default for DhcpSettings {
             ping_timeout_ms: 500,
             offer_hold_secs: 30,
             peers: Vec::new(),
+            recv_buffer_bytes: 4 << 20,
+            group_commit_max: 64,
         }
     }
 }
@@ -388,16 +429,59 @@ impl Default for InstallSettings {
     }
 }
 
+/// `[install.releases.NAME]`: one CentOS Stream install tree, by version and architecture.
+/// The wave-1 form (`repo`, `boot_tree`, a number as the name) still loads: the loader fills
+/// `version`, `arch` and `upstream` from it with a warning naming the new keys.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSettings {
-    /// The install tree (`inst.repo=`); `{base_url}` is replaced by the server's advertised URL,
-    /// so a mirror under `assets/` can be named without knowing the address hosts will use.
-    pub repo: String,
-    /// Where `images/pxeboot/vmlinuz` and `initrd.img` are fetched from; defaults to `repo`.
+    /// CentOS Stream major version, 9 or 10; wave-1: taken from a numeric name.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// The tree's architecture; wave-1: x86_64.
+    #[serde(default)]
+    pub arch: Option<crate::Arch>,
+    /// The install tree's URL (it holds `.treeinfo` and `images/`): what `pxeforge releases
+    /// sync` downloads, and where hosts get the boot media from while it is not synced.
+    /// `{base_url}` is replaced by the server's advertised URL.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Where packages come from (`inst.repo=`, the kickstart's `url`); unset: `upstream`.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Wave-1: where `images/pxeboot/` was fetched from; read as `upstream`.
     #[serde(default)]
     pub boot_tree: Option<String>,
     /// Extra repositories added with `repo --name=... --baseurl=...`.
     #[serde(default)]
     pub extra_repos: BTreeMap<String, String>,
+    /// The sha256 of the tree's `.treeinfo`, which comes unsigned: when set, a sync of any other
+    /// `.treeinfo` fails.
+    #[serde(default)]
+    pub treeinfo_sha256: Option<String>,
+    /// Hosts may only boot from synced media: while the release is not synced, their install
+    /// scripts fail instead of falling back to `upstream`.
+    #[serde(default)]
+    pub require_synced: bool,
+}
+
+impl ReleaseSettings {
+    /// The install tree (after the loader's wave-1 mapping, always set).
+    pub fn upstream(&self) -> &str {
+        self.upstream
+            .as_deref()
+            .or(self.boot_tree.as_deref())
+            .or(self.repo.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The package source: `repo`, else the install tree.
+    pub fn repo(&self) -> &str {
+        self.repo.as_deref().unwrap_or_else(|| self.upstream())
+    }
+
+    /// The tree's architecture (x86_64 when a wave-1 site leaves it out).
+    pub fn arch(&self) -> crate::Arch {
+        self.arch.unwrap_or(crate::Arch::X86_64)
+    }
 }

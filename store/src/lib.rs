@@ -24,7 +24,7 @@ pub use store::{
     current, resolve, Item, PublishOptions, PublishOutcome, Published, Staging, Store, StoreLock,
 };
 pub use sums::{read_sums, valid_sums_name, write_sums, Sums, SumsError};
-pub use verify::{verify, Mismatch};
+pub use verify::{verify, verify_items, Mismatch};
 
 /// The checksum file of every item.
 pub const SUMS: &str = "SHA256SUMS";

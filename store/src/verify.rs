@@ -32,6 +32,24 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
+/// [`verify`] of several items, an item whose `SHA256SUMS` cannot be read or parsed reported as
+/// a mismatch of that file, so that one damaged item does not hide the state of the others.
+pub fn verify_items<'a>(item_dirs: impl IntoIterator<Item = &'a Path>) -> Vec<Mismatch> {
+    let mut bad = Vec::new();
+    for dir in item_dirs {
+        match verify(dir) {
+            Ok(v) => bad.extend(v),
+            Err(e) => bad.push(Mismatch {
+                path: e.path().to_path_buf(),
+                expected: None,
+                actual: None,
+                error: Some(e.detail()),
+            }),
+        }
+    }
+    bad
+}
+
 /// Re-hashes every file `item_dir/SHA256SUMS` lists and reports each that differs, is missing
 /// or cannot be read, then every file or other entry in the item (subdirectories included) that
 /// is not listed. An unreadable or malformed `SHA256SUMS`, or an unreadable directory, is an

@@ -65,6 +65,43 @@ pub fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A copy of the example site in a temporary folder, with a state directory beside it (not
+/// created: `serve` makes it).
+pub struct TempSite {
+    _dir: tempfile::TempDir,
+    pub site: PathBuf,
+    pub state: PathBuf,
+}
+
+impl TempSite {
+    pub fn new() -> TempSite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(&site).expect("site");
+        copy_example_site(&site);
+        let state = dir.path().join("state");
+        TempSite {
+            site,
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// `serve` of the site on loopback without TFTP, with its own state directory.
+    pub fn serve(&self) -> Server {
+        Server::start(
+            &self.site,
+            &["--no-tftp", "--state", self.state.to_str().expect("utf-8")],
+        )
+    }
+}
+
+impl Default for TempSite {
+    fn default() -> Self {
+        TempSite::new()
+    }
+}
+
 /// Copies the example site's definition (not its state) into `dst`, for tests that edit it.
 pub fn copy_example_site(dst: &Path) {
     let root = repo_root();

@@ -166,10 +166,21 @@ fn each_mistake_is_named_with_file_and_line() {
             Box::new(|d: &Path| {
                 let p = d.join("pxeforge.toml");
                 let t = std::fs::read_to_string(&p).unwrap();
-                let cut = t.find("[install.releases.10]").unwrap();
-                std::fs::write(&p, &t[..cut]).unwrap();
+                let cut = t.find("[install.releases.stream10-x86_64]").unwrap();
+                let rest = &t[cut..];
+                let end = rest.find("[loaders]").unwrap_or(rest.len());
+                std::fs::write(&p, format!("{}{}", &t[..cut], &rest[end..])).unwrap();
             }),
-            "profiles/qemu-uefi.toml:1: error: profile \"qemu-uefi\" uses release 10, but pxeforge.toml has no [install.releases.10]",
+            "profiles/qemu-uefi.toml:1: error: profile \"qemu-uefi\" uses release stream10-x86_64, but pxeforge.toml has no [install.releases.stream10-x86_64]",
+        ),
+        (
+            "an aarch64 profile on an x86_64 tree",
+            Box::new(|d: &Path| {
+                let p = d.join("profiles/qemu-uefi.toml");
+                let t = std::fs::read_to_string(&p).unwrap();
+                std::fs::write(&p, t.replace("arch = \"x86_64\"", "arch = \"aarch64\"")).unwrap();
+            }),
+            "profiles/qemu-uefi.toml:1: error: profile \"qemu-uefi\" is aarch64 but release stream10-x86_64 is an x86_64 tree",
         ),
     ];
     for (what, edit, want) in cases {
@@ -214,6 +225,107 @@ fn dhcp_subnets_are_checked_and_the_old_pool_still_loads() {
     assert_eq!(code, 0, "a wave-1 pool still loads\n{out}");
     assert!(
         out.contains("warning") && out.contains("[[dhcp.subnet]]"),
+        "{out}"
+    );
+}
+
+/// A wave-1 site (releases keyed by number with `repo` and `boot_tree`, profiles naming a
+/// number) still loads and renders, with a warning naming each new key.
+#[test]
+fn a_wave_one_site_still_loads_with_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    copy_example_site(d);
+    let p = d.join("pxeforge.toml");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let cut = t.find("[install.releases.stream9-x86_64]").unwrap();
+    let wave1 = r#"[install.releases.9]
+repo = "http://mirror.example/9-stream/BaseOS/x86_64/os"
+boot_tree = "http://boot.example/9"
+
+[install.releases.10]
+repo = "http://mirror.example/10-stream/BaseOS/x86_64/os"
+"#;
+    // (A wave-1 `tftp.root = "/usr/lib/ipxe"` fails check now, rightly: Debian's ipxe.efi there
+    // is a symlink out of the folder; tests/tests/loaders.rs covers it.)
+    let t = format!("{}{wave1}", &t[..cut]);
+    std::fs::write(&p, t).unwrap();
+    for (f, n) in [
+        ("qemu-bios", 9),
+        ("dell-r650", 9),
+        ("qemu-uefi", 10),
+        ("hpe-dl380", 10),
+    ] {
+        let p = d.join(format!("profiles/{f}.toml"));
+        let t = std::fs::read_to_string(&p).unwrap();
+        let t: String = t
+            .lines()
+            .map(|l| {
+                if l.starts_with("release = ") {
+                    format!("release = {n}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&p, t).unwrap();
+    }
+    let site = d.to_str().unwrap();
+    let (code, out, err) = pxeforge(&["check", "--site", site]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        "install.releases.9: the version is read from the name (wave-1 form): write version = 9",
+        "install.releases.9: boot_tree is read as upstream (wave-1 form)",
+        "install.releases.10: repo is read as upstream, the install tree (wave-1 form)",
+        "install.releases.10: no arch, x86_64 assumed (wave-1 form): write arch = \"x86_64\"",
+        "profiles/qemu-bios.toml:11: warning: release = <number> is the wave-1 form",
+    ] {
+        assert!(out.contains(want), "expected {want:?} in:\n{out}");
+    }
+    // The boot media still come from boot_tree, the packages from repo.
+    let (code, s, err) = pxeforge(&[
+        "render",
+        "ipxe",
+        "--mac",
+        "52:54:00:00:10:01",
+        "--base-url",
+        "http://10.0.0.1:8080",
+        "--site",
+        site,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        s.contains("kernel http://boot.example/9/images/pxeboot/vmlinuz "),
+        "{s}"
+    );
+    assert!(
+        s.contains("inst.repo=http://mirror.example/9-stream/BaseOS/x86_64/os "),
+        "{s}"
+    );
+    assert!(
+        !s.contains("inst.stage2="),
+        "not synced: no stage2 of ours\n{s}"
+    );
+}
+
+/// A release that must be synced and is not: `check` names it once, not once per host (and
+/// `serve` does not start on it, as on any error).
+#[test]
+fn require_synced_is_one_error_in_check() {
+    let s = pxeforge_tests::TempSite::new();
+    let p = s.site.join("pxeforge.toml");
+    let t = std::fs::read_to_string(&p).unwrap().replace(
+        "[install.releases.stream9-x86_64]\n",
+        "[install.releases.stream9-x86_64]\nrequire_synced = true\n",
+    );
+    std::fs::write(&p, t).unwrap();
+    let site = s.site.to_str().unwrap();
+    let (code, out, _) = pxeforge(&["check", "--site", site]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(
+        errors,
+        ["pxeforge.toml:45: error: release stream9-x86_64 has require_synced = true but was never synced: run `pxeforge releases sync stream9-x86_64`"],
         "{out}"
     );
 }

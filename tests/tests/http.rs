@@ -100,7 +100,7 @@ fn scripts_for_every_kind_of_machine() {
         &srv.url("/ipxe?mac=52-54-00-00-10-01&platform=pcbios&arch=x86_64"),
     );
     assert_eq!(s, 200, "{bios}");
-    assert!(bios.contains("kernel http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz "), "{bios}");
+    assert!(bios.contains("kernel https://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/vmlinuz "), "{bios}");
     // The kickstart URL names the host and carries its build's token (128 bits, hex).
     let ks = ks_url(&bios);
     let token = ks
@@ -110,10 +110,10 @@ fn scripts_for_every_kind_of_machine() {
         token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
         "{ks}"
     );
-    assert!(bios.contains("inst.repo=http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os"));
+    assert!(bios.contains("inst.repo=https://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os"));
     assert!(bios.contains("console=ttyS0,115200n8 net.ifnames=0"));
     assert!(!bios.contains("initrd=initrd.img"), "{bios}");
-    assert!(bios.contains("initrd --name initrd.img http://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/initrd.img"));
+    assert!(bios.contains("initrd --name initrd.img https://mirror.stream.centos.org/9-stream/BaseOS/x86_64/os/images/pxeboot/initrd.img"));
     assert!(
         bios.contains("sanboot --no-describe --drive 0x80"),
         "fallback to local disk"

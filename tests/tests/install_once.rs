@@ -2,36 +2,19 @@
 //! binary. A host is armed (`pxeforge reinstall`, or a raised `generation`), installs once, and
 //! boots its local disk from then on; nothing in the TOML is edited for that.
 
-use pxeforge_tests::{copy_example_site, get, ks_url, script, Server};
+use pxeforge_tests::{get, ks_url, script, Server};
 use reqwest::blocking::Client;
-use std::path::PathBuf;
 
 const BIOS_MAC: &str = "52:54:00:00:10:01";
 
-struct Site {
-    _dir: tempfile::TempDir,
-    site: PathBuf,
-    state: PathBuf,
-}
+use pxeforge_tests::TempSite as Site;
 
 fn site() -> Site {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let site = dir.path().join("site");
-    std::fs::create_dir_all(&site).expect("site");
-    copy_example_site(&site);
-    let state = dir.path().join("state");
-    Site {
-        site,
-        state,
-        _dir: dir,
-    }
+    Site::new()
 }
 
 fn serve(s: &Site) -> Server {
-    Server::start(
-        &s.site,
-        &["--no-tftp", "--state", s.state.to_str().expect("utf-8")],
-    )
+    s.serve()
 }
 
 fn reinstall(s: &Site, args: &[&str]) -> (i32, String) {

@@ -23,8 +23,13 @@ struct Prepared {
 /// run's (the site's files are linked, pxeforge.toml is rewritten), so that the repository's copy
 /// stays clean and every part of the service agrees on where images are.
 fn run_site(work: &Path, state: &Path) -> PathBuf {
+    run_site_named(work, "site", state, None)
+}
+
+/// [`run_site`] in `work/<name>`, with the release's `upstream` replaced when given.
+fn run_site_named(work: &Path, name: &str, state: &Path, upstream: Option<&str>) -> PathBuf {
     let src = repo_root().join("tests/sites/vm");
-    let dst = work.join("site");
+    let dst = work.join(name);
     std::fs::create_dir_all(&dst).unwrap();
     for e in std::fs::read_dir(&src).unwrap().flatten() {
         let name = e.file_name();
@@ -41,6 +46,17 @@ fn run_site(work: &Path, state: &Path) -> PathBuf {
         toml.contains(&state.display().to_string()),
         "pxeforge.toml of the VM site has no state_dir line"
     );
+    let toml = match upstream {
+        Some(u) => {
+            let old = "upstream = \"{base_url}/assets/installer\"";
+            assert!(
+                toml.contains(old),
+                "pxeforge.toml of the VM site has no {old}"
+            );
+            toml.replace(old, &format!("upstream = {u:?}"))
+        }
+        None => toml,
+    };
     std::fs::write(dst.join("pxeforge.toml"), toml).unwrap();
     dst
 }
@@ -237,13 +253,18 @@ fn own_state(case: &str) -> PathBuf {
 
 /// `pxeforge vm-test` with the shared site and the state directory `state`.
 fn vm_test_in(case: &str, state: &Path, args: &[&str]) -> Run {
+    vm_test_on(case, &prepared().site, state, args)
+}
+
+/// `pxeforge vm-test` with the site `site` and the state directory `state`.
+fn vm_test_on(case: &str, site: &Path, state: &Path, args: &[&str]) -> Run {
     let p = prepared();
     let out = p.work.join(case);
     let _slot = vm_slot();
     let o = Command::new(pxeforge_bin())
         .arg("vm-test")
         .arg("--site")
-        .arg(&p.site)
+        .arg(site)
         .arg("--state")
         .arg(state)
         .args(["--installer", "test-installer"])
@@ -577,6 +598,114 @@ fn case6_install_once_then_local_boot() {
         r.file("serial.log")
             .contains("pxeforge-installer: rebooting"),
         "{}",
+        r.explain()
+    );
+}
+
+/// Case 7 (issue 19): the host boots synced media. The test installer is the `pxeboot` pair of a
+/// fixture install tree whose `.treeinfo` productmd wrote (tests/fixtures/releases/make_tree.py);
+/// `pxeforge releases sync` verifies and publishes it from a loopback server, and the VM's kernel
+/// and initrd then come from this server's releases store, the compose pinned when vm-test armed
+/// the host, with `inst.stage2=` naming that tree.
+#[test]
+fn case7_boots_synced_media() {
+    if !can_boot(false) {
+        return;
+    }
+    let productmd = Command::new("python3")
+        .args(["-c", "import productmd.treeinfo"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !productmd || !have("mcopy") || !have("mkfs.vfat") {
+        pxeforge_tests::skip(format_args!(
+            "case 7 needs python3 with productmd, mtools and dosfstools (scripts/install-deps.sh)"
+        ));
+        return;
+    }
+    let p = prepared();
+    let case = "case7-synced";
+    let state = own_state(case);
+    let fixtures = repo_root().join("tests/fixtures/releases");
+    let installer = p.state.join("images/test-installer/qemu-bios/current");
+    let tree = p.work.join(format!("{case}-tree"));
+    let _ = std::fs::remove_dir_all(&tree);
+    let made = Command::new("python3")
+        .arg(fixtures.join("make_tree.py"))
+        .arg(&tree)
+        .args(["--seed", "vm-case7"])
+        .arg("--kernel")
+        .arg(installer.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(installer.join("initramfs.img"))
+        .output()
+        .expect("run make_tree.py");
+    assert!(
+        made.status.success(),
+        "make_tree.py: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let compose = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let mut upstream = Command::new("python3")
+        .arg(fixtures.join("serve_tree.py"))
+        .arg(&tree)
+        .arg(p.work.join(format!("{case}-upstream.log")))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve_tree.py");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(upstream.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("port line");
+    let port = line.trim().trim_start_matches("port ").to_string();
+    let site = run_site_named(
+        &p.work,
+        &format!("{case}-site"),
+        &state,
+        Some(&format!("http://127.0.0.1:{port}")),
+    );
+    let sync = Command::new(pxeforge_bin())
+        .args(["releases", "sync", "stream9-x86_64", "--site"])
+        .arg(&site)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .expect("run pxeforge releases sync");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    assert!(
+        sync.status.success(),
+        "releases sync failed:\n{}{}",
+        String::from_utf8_lossy(&sync.stdout),
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let r = vm_test_on(
+        case,
+        &site,
+        &state,
+        &["--host", "vm-reserved", "--dhcp", "reservation"],
+    );
+    assert_full_boot(&r);
+    let tree_url = format!("/releases/stream9-x86_64/{compose}");
+    let serve = r.file("serve.log");
+    for f in ["images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"] {
+        assert!(
+            serve
+                .lines()
+                .any(|l| l.contains(&format!("path={tree_url}/{f} ")) && l.contains("status=200")),
+            "{f} was not served from the synced compose {compose}\n{}",
+            r.explain()
+        );
+    }
+    assert!(
+        !serve.contains("path=/assets/installer/images/pxeboot/"),
+        "the upstream tree was used\n{serve}"
+    );
+    assert!(
+        r.file("serial.log")
+            .contains(&format!("inst.stage2=http://10.77.0.1:8080{tree_url}")),
+        "the kernel line names no inst.stage2 of the synced tree\n{}",
         r.explain()
     );
 }

@@ -152,7 +152,8 @@ pub struct Opened {
     pub path: PathBuf,
 }
 
-/// Opens `name` (already checked by [`check_name`]) under `root`, which must be canonical.
+/// Opens `name` (already checked by [`check_name`]) under `root`: canonical, or a symlink in a
+/// canonical folder (followed at each open, see `session::canonical_root`).
 pub fn open_confined(root: &Path, name: &Path) -> Result<Opened, OpenError> {
     let (file, metadata) = open_beneath(root, name)?;
     let path = opened_path(root, name, &file);

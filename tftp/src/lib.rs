@@ -69,6 +69,10 @@ pub struct TftpConfig {
     pub netascii_max_size: u64,
     /// Threads that drive transfers, each with its own single-threaded runtime.
     pub threads: usize,
+    /// Time slice the thread of a large lockstep transfer asks the kernel for (EEVDF, Linux
+    /// 6.12+): short, so that an ACK's wake-up preempts a CPU-bound neighbour at once instead
+    /// of waiting out its slice. Zero keeps the kernel's default.
+    pub lockstep_slice: Duration,
 }
 
 impl Default for TftpConfig {
@@ -95,6 +99,7 @@ impl Default for TftpConfig {
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(4),
+            lockstep_slice: Duration::from_micros(100),
         }
     }
 }

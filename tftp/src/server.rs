@@ -410,17 +410,10 @@ impl Listener {
         let worker = &self.workers[self.next_worker.get() % self.workers.len()];
         self.next_worker.set(self.next_worker.get().wrapping_add(1));
         let shared = self.shared.clone();
+        // The session registers the socket with the worker's runtime only for the async path:
+        // a large lockstep transfer keeps it off every event loop (see `session::serve`).
         let task = async move {
-            // Registered with the runtime of the worker that drives the transfer.
-            match UdpSocket::from_std(socket) {
-                Ok(socket) => {
-                    session::serve(shared, socket, peer, request, path_mtu, first_ack, guard).await
-                }
-                Err(err) => {
-                    warn!(client = %peer, error = %err, "tftp: cannot register transfer socket");
-                    drop(guard);
-                }
-            }
+            session::serve(shared, socket, peer, request, path_mtu, first_ack, guard).await
         };
         let handle = tasks.spawn_on(task, worker);
         by_client.insert(handle.id(), peer, handle, state, client);

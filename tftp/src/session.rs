@@ -153,11 +153,16 @@ impl FirstAck {
     }
 }
 
-/// Serves one request from `socket`, which is bound to the address the request was sent to
-/// and connected to the client.
+/// Serves one request from `socket`, which is bound to the address the request was sent to,
+/// connected to the client, non-blocking, and registered with no event loop: a large lockstep
+/// transfer drives it from a thread of its own with blocking `recv`, and each ACK then wakes
+/// that thread only (a socket also registered with a runtime's epoll would wake that runtime's
+/// thread too, on every ACK, for nothing: two threads woken per block, which is what made
+/// lockstep transfers slow on a busy machine). Other transfers register it with the current
+/// worker's runtime.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    socket: UdpSocket,
+    socket: std::net::UdpSocket,
     peer: SocketAddr,
     request: OwnedRequest,
     path_mtu: Option<u32>,
@@ -169,29 +174,31 @@ pub(crate) async fn serve(
     let name = String::from_utf8_lossy(&request.filename)
         .escape_debug()
         .to_string();
-    let ended = serve_inner(&shared, &socket, peer, &name, request, path_mtu, first_ack).await;
+    let ended = serve_inner(&shared, socket, peer, &name, request, path_mtu, first_ack).await;
     guard.ended = Some(ended);
 }
 
-async fn send_error(socket: &UdpSocket, code: ErrorCode, message: &str) {
-    // The client may be gone already; nothing more to do about a failed send.
-    let _ = socket.send(&packet::encode_error(code, message)).await;
+/// Sends an ERROR on the (non-blocking, connected) transfer socket: one small datagram, which
+/// the kernel takes at once or never; the client may be gone already, and nothing more is to
+/// be done about a failed send.
+fn send_error(socket: &std::net::UdpSocket, code: ErrorCode, message: &str) {
+    let _ = socket.send(&packet::encode_error(code, message));
 }
 
-async fn refuse(
-    socket: &UdpSocket,
+fn refuse(
+    socket: &std::net::UdpSocket,
     peer: SocketAddr,
     name: &str,
     reason: &(dyn std::fmt::Display + Sync),
 ) -> Ended {
     warn!(client = %peer, path = %name, reason = %reason, "tftp: request refused");
-    send_error(socket, ErrorCode::AccessViolation, "access violation").await;
+    send_error(socket, ErrorCode::AccessViolation, "access violation");
     Ended::Refused
 }
 
 async fn serve_inner(
     shared: &Arc<Shared>,
-    socket: &UdpSocket,
+    socket: std::net::UdpSocket,
     peer: SocketAddr,
     name: &str,
     request: OwnedRequest,
@@ -201,44 +208,43 @@ async fn serve_inner(
     if request.write {
         warn!(client = %peer, path = %name, "tftp: write request refused");
         send_error(
-            socket,
+            &socket,
             ErrorCode::AccessViolation,
             "write requests are not accepted",
-        )
-        .await;
+        );
         return Ended::WriteRefused;
     }
     let relative = match check_name(&request.filename) {
         Ok(relative) => relative,
-        Err(refusal) => return refuse(socket, peer, name, &refusal).await,
+        Err(refusal) => return refuse(&socket, peer, name, &refusal),
     };
     let content = match load(shared, relative, request.mode).await {
         Ok(content) => content,
         Err(LoadError::Open(OpenError::NotFound)) => {
             info!(client = %peer, path = %name, "tftp: file not found");
-            send_error(socket, ErrorCode::FileNotFound, "file not found").await;
+            send_error(&socket, ErrorCode::FileNotFound, "file not found");
             return Ended::NotFound;
         }
         Err(LoadError::Open(OpenError::Refused(refusal))) => {
-            return refuse(socket, peer, name, &refusal).await
+            return refuse(&socket, peer, name, &refusal)
         }
         Err(LoadError::Open(OpenError::PermissionDenied)) => {
-            return refuse(socket, peer, name, &"permission denied").await
+            return refuse(&socket, peer, name, &"permission denied")
         }
         // Passing: the client is told to come back (PXE firmware retries its request).
         Err(LoadError::Open(OpenError::OutOfDescriptors(err))) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: no descriptor to open the file, busy");
-            send_error(socket, ErrorCode::NotDefined, "server busy").await;
+            send_error(&socket, ErrorCode::NotDefined, "server busy");
             return Ended::Busy;
         }
         Err(LoadError::Io(err)) if out_of_descriptors(&err) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: no descriptor to read the file, busy");
-            send_error(socket, ErrorCode::NotDefined, "server busy").await;
+            send_error(&socket, ErrorCode::NotDefined, "server busy");
             return Ended::Busy;
         }
         Err(err) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: cannot read file");
-            send_error(socket, ErrorCode::NotDefined, "cannot read file").await;
+            send_error(&socket, ErrorCode::NotDefined, "cannot read file");
             return Ended::IoError;
         }
     };
@@ -279,19 +285,19 @@ async fn serve_inner(
             .clone()
             .try_acquire_owned()
             .ok()
-            .and_then(|permit| match duplicates(socket) {
-                Ok(fds) => Some((permit, fds)),
+            .and_then(|permit| match socket.try_clone() {
+                Ok(waker) => Some((permit, OwnedFd::from(waker))),
                 // Out of descriptors, most likely: the async path needs none.
                 Err(err) => {
-                    debug!(client = %peer, error = %err, "tftp: no descriptors for a lockstep thread, async path");
+                    debug!(client = %peer, error = %err, "tftp: no descriptor for a lockstep thread, async path");
                     None
                 }
             })
     } else {
         None
     };
-    let (outcome, stats) = match thread {
-        Some((permit, fds)) => {
+    let (outcome, stats, socket) = match thread {
+        Some((permit, waker)) => {
             let job = lockstep::Job {
                 content,
                 params,
@@ -300,10 +306,19 @@ async fn serve_inner(
                 deadline,
                 first_ack,
                 metrics: shared.metrics.clone(),
+                slice: shared.config.lockstep_slice,
             };
-            run_on_thread(fds, job, permit).await
+            run_on_thread(socket, waker, job, permit).await
         }
         None => {
+            // Registered with the runtime of the worker that drives the transfer.
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(socket) => socket,
+                Err(err) => {
+                    warn!(client = %peer, error = %err, "tftp: cannot register transfer socket");
+                    return Ended::IoError;
+                }
+            };
             let mut stats = Stats::default();
             let plan = Plan {
                 params,
@@ -312,7 +327,7 @@ async fn serve_inner(
                 deadline,
             };
             let outcome = run(
-                socket,
+                &socket,
                 &content,
                 plan,
                 &mut first_ack,
@@ -320,7 +335,7 @@ async fn serve_inner(
                 &mut stats,
             )
             .await;
-            (outcome, stats)
+            (outcome, stats, socket.into_std().ok())
         }
     };
     let ended = match outcome {
@@ -334,7 +349,9 @@ async fn serve_inner(
         Ok(Outcome::Deadline) => Ended::Deadline,
         Err(ref err) => {
             warn!(client = %peer, path = %name, error = %err, "tftp: transfer failed");
-            send_error(socket, ErrorCode::NotDefined, "read error").await;
+            if let Some(socket) = &socket {
+                send_error(socket, ErrorCode::NotDefined, "read error");
+            }
             Ended::IoError
         }
     };
@@ -395,40 +412,35 @@ async fn load(shared: &Arc<Shared>, relative: PathBuf, mode: Mode) -> Result<Con
     .map_err(|_| LoadError::Join)?
 }
 
-/// Two duplicates of the transfer socket's descriptor: one for the blocking thread, one to
-/// cancel it with.
-fn duplicates(socket: &UdpSocket) -> std::io::Result<(std::net::UdpSocket, OwnedFd)> {
-    let dup = || socket2::SockRef::from(socket).try_clone();
-    Ok((dup()?.into(), dup()?.into()))
-}
-
-/// Runs a transfer on the blocking pool with a duplicate of the transfer socket; if this future
-/// is dropped (shutdown, eviction, or a new request from the client port), the thread is told
-/// to stop.
+/// Runs a transfer on the blocking pool, which takes the transfer socket (registered with no
+/// event loop: each ACK wakes the transfer's thread and nothing else) and gives it back at the
+/// end; `waker` is a duplicate of its descriptor. If this future is dropped (shutdown,
+/// eviction, or a new request from the client port), the thread is told to stop.
 async fn run_on_thread(
-    (blocking, waker): (std::net::UdpSocket, OwnedFd),
+    socket: std::net::UdpSocket,
+    waker: OwnedFd,
     mut job: lockstep::Job,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> (std::io::Result<Outcome>, Stats) {
+) -> (std::io::Result<Outcome>, Stats, Option<std::net::UdpSocket>) {
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cancel = CancelOnDrop::new(flag.clone(), waker);
     let thread = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut stats = Stats::default();
-        let outcome = lockstep::run(&blocking, &mut job, &mut stats, &flag);
-        // The descriptor is shared with the async socket: give it back non-blocking.
-        let restored = blocking.set_nonblocking(true);
-        (outcome.and_then(|o| restored.map(|()| o)), stats)
+        let outcome = lockstep::run(&socket, &mut job, &mut stats, &flag);
+        (outcome, stats, socket)
     })
     .await;
     // Finished normally: nothing to cancel, and the socket may still send an ERROR.
     cancel.disarm();
-    thread.unwrap_or_else(|_| {
-        (
+    match thread {
+        Ok((outcome, stats, socket)) => (outcome, stats, Some(socket)),
+        Err(_) => (
             Err(std::io::Error::other("transfer thread failed")),
             Stats::default(),
-        )
-    })
+            None,
+        ),
+    }
 }
 
 /// What was negotiated for a transfer, and the instant it must be over by.
@@ -496,7 +508,8 @@ async fn run(
                 message,
                 outcome,
             } => {
-                send_error(socket, code, message).await;
+                // The client may be gone already; nothing more to do about a failed send.
+                let _ = socket.send(&packet::encode_error(code, message)).await;
                 return Ok(outcome);
             }
             Action::Finish(outcome) => return Ok(outcome),
@@ -544,6 +557,20 @@ pub(crate) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
             std::io::ErrorKind::NotADirectory,
             "TFTP root is not a directory",
         ));
+    }
+    // A root that is itself a symlink (the loaders store's `current`) stays a link: each request
+    // follows it to the item current at that moment, as `/tftp/` does, so a sync is served at
+    // once and a gc of the item current at start breaks nothing. The folders above it are
+    // resolved once.
+    if root.symlink_metadata()?.file_type().is_symlink() {
+        if let (Some(parent), Some(name)) = (root.parent(), root.file_name()) {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            return Ok(parent.canonicalize()?.join(name));
+        }
     }
     Ok(canonical)
 }

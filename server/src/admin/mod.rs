@@ -154,6 +154,9 @@ pub struct HostView {
     pub source: &'static str,
     pub state: Option<&'static str>,
     pub since: Option<i64>,
+    /// The boot media its build is pinned to (`<release>/<compose-id>`), while armed or
+    /// installing from synced media.
+    pub media: Option<String>,
     pub last_event: Option<Event>,
 }
 
@@ -197,7 +200,7 @@ fn tracked(cat: &Catalog, h: &Host) -> bool {
 fn host_view(
     h: &Host,
     source: &'static str,
-    states: &HashMap<String, (lifecycle::State, i64)>,
+    states: &States,
     last: &HashMap<String, Event>,
     tracked: bool,
 ) -> HostView {
@@ -208,8 +211,9 @@ fn host_view(
         profile: h.profile.clone(),
         install: h.install,
         source,
-        state: st.map(|(s, _)| s.as_str()),
-        since: st.map(|(_, t)| *t),
+        state: st.map(|(s, _, _)| s.as_str()),
+        since: st.map(|(_, t, _)| *t),
+        media: st.and_then(|(_, _, m)| m.clone()),
         last_event: h
             .macs
             .iter()
@@ -219,12 +223,15 @@ fn host_view(
     }
 }
 
-fn states_of(st: &AppState) -> Result<HashMap<String, (lifecycle::State, i64)>, ApiError> {
+/// Build state by host name: state, since when, pinned media.
+type States = HashMap<String, (lifecycle::State, i64, Option<String>)>;
+
+fn states_of(st: &AppState) -> Result<States, ApiError> {
     let bs = st.build.state().map_err(unavailable)?;
     let list = bs.list_since().map_err(state_err)?;
     Ok(list
         .into_iter()
-        .map(|(r, since)| (r.host, (r.state, since)))
+        .map(|(r, since)| (r.host, (r.state, since, r.media)))
         .collect())
 }
 
@@ -362,7 +369,7 @@ fn hosts_page(st: &AppState, q: HostsQuery) -> Result<HostsPage, ApiError> {
         .filter(|(h, _)| match filter {
             None => true,
             Some(f) => {
-                tracked(&cat, h) && states.get(&h.name).is_some_and(|(s, _)| s.as_str() == f)
+                tracked(&cat, h) && states.get(&h.name).is_some_and(|(s, _, _)| s.as_str() == f)
             }
         })
         .collect();

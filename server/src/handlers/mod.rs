@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{*path}", get(assets))
         .route("/tftp/{*path}", get(tftp_files))
         .route("/images/{recipe}/{profile}/{id}/{*file}", get(images))
+        .route("/releases/{release}/{compose}/{*file}", get(releases))
         .route("/healthz", get(|| async { "ok\n" }));
     // The boot network gets the counters only where a site says so; the admin listener
     // always serves them.
@@ -142,16 +143,44 @@ async fn images(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    for part in [&recipe, &profile, &id] {
+    store_file(
+        &st.state_dir.join("images"),
+        &[&recipe, &profile, &id],
+        &file,
+        &method,
+        &headers,
+    )
+}
+
+/// Synced boot media: `/releases/<release>/<compose-id>/images/pxeboot/vmlinuz`, ...
+async fn releases(
+    State(st): State<AppState>,
+    axum::extract::Path((release, compose, file)): axum::extract::Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let root = st.state_dir.join(pxeforge_releases::DIR);
+    store_file(&root, &[&release, &compose], &file, &method, &headers)
+}
+
+/// A file of a published store item: `parts` (keys and item id, or `current`) are single path
+/// components, `file` may have several; the server never leaves `root`.
+fn store_file(
+    root: &std::path::Path,
+    parts: &[&str],
+    file: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    for part in parts {
         if part.is_empty() || part.starts_with('.') || part.contains(['/', '\\', '\0']) {
-            return (StatusCode::BAD_REQUEST, "bad image path\n").into_response();
+            return (StatusCode::BAD_REQUEST, "bad store path\n").into_response();
         }
     }
-    // `current` is a relative symlink to a build id inside the same directory, which
+    // `current` is a relative symlink to an item id inside the same directory, which
     // files::open_confined follows without leaving the store.
-    let root = st.state_dir.join("images");
-    let rel = format!("{recipe}/{profile}/{id}/{file}");
-    files::serve(&root, &rel, &method, &headers)
+    let rel = format!("{}/{file}", parts.join("/"));
+    files::serve(root, &rel, method, headers)
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {

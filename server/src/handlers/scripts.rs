@@ -4,13 +4,15 @@
 use super::state::{base_url, AppState};
 use crate::buildstate::new_token;
 use crate::catalog::Catalog;
-use crate::lifecycle::{self, Kickstart, Policy, Script};
+use crate::lifecycle::{self, Kickstart, Policy, Script, State as BuildStateKind};
 use crate::render;
+use crate::script_cache::{Entry, Key, Platform};
 use crate::select::{self, facts_from_query, BuildScript, Facts, KickstartChoice, ScriptChoice};
 use crate::templates::RenderError;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use pxeforge_site::settings::UnknownHostPolicy;
 use pxeforge_site::{Host, Mac};
 use std::net::SocketAddr;
@@ -19,6 +21,24 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, TEXT)], body).into_response()
+}
+
+fn text_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, TEXT)], body).into_response()
+}
+
+/// The cache key of a request whose MAC is an inventory host's (with its profile loaded): only
+/// then does the MAC alone decide which host it is (`select` tries the MAC first).
+fn cache_key(cat: &Catalog, facts: &Facts, base: &str) -> Option<Key> {
+    let mac = facts.mac?;
+    let &i = cat.site.by_mac.get(&mac)?;
+    let host = cat.site.hosts.get(i)?;
+    cat.site.profiles.get(&host.profile)?;
+    Some(Key {
+        mac,
+        platform: Platform::of(facts.platform.as_deref()),
+        base_url: base.to_string(),
+    })
 }
 
 fn render_failed(e: RenderError) -> Response {
@@ -50,6 +70,19 @@ pub async fn host_script(
     };
     let cat = st.catalog.load();
     let base = base_url(&cat, &headers);
+    // A host that boots again gets the script it got last time, while nothing it depends on
+    // changed (see `script_cache`): no selection, build state or template work.
+    let key = cache_key(&cat, &facts, &base);
+    if let Some(key) = &key {
+        let epoch = st
+            .scripts
+            .epoch(&cat, &st.build.claims(), st.build.paused());
+        if let Some(e) = st.scripts.get(&epoch, key) {
+            tracing::info!(mac = ?facts.mac, host = %e.host, profile = %e.profile, script = e.script, "host script");
+            st.metrics.script("host");
+            return text_bytes(e.body.clone());
+        }
+    }
     // A zero-touch profile claims an unknown machine for good on its first request.
     let auto = match select::select(&cat.site, &st.build.claims(), &facts) {
         ScriptChoice::Matched { profile, mac } if profile.auto_install => {
@@ -61,6 +94,13 @@ pub async fn host_script(
         auto_approve(&st, mac, profile, remote).await;
     }
     let claims = st.build.claims();
+    let paused = st.build.paused();
+    // Read before the build state is, so that a change made while this request decides and
+    // renders keeps its script out of the cache.
+    let epoch = st.scripts.epoch(&cat, &claims, paused);
+    // Whether the script is one this request did not change and that stays the same while the
+    // epoch does (see `script_cache`).
+    let mut keep = true;
     let mut choice = select::select(&cat.site, &claims, &facts);
     if let ScriptChoice::Host {
         host,
@@ -69,10 +109,12 @@ pub async fn host_script(
     } = &mut choice
     {
         if select::tracked(host, profile) {
-            *build = if st.build.paused() {
+            *build = if paused {
                 BuildScript::Local
             } else {
-                build_script(&st, &cat, host, &facts, remote).await
+                let (b, stable) = build_script(&st, &cat, host, &facts, remote).await;
+                keep = stable && epoch.store_watched();
+                b
             };
         }
     }
@@ -93,7 +135,7 @@ pub async fn host_script(
         } => {
             let script = match build {
                 BuildScript::Install { .. } => "install",
-                BuildScript::Local if st.build.paused() => "local (installs paused)",
+                BuildScript::Local if paused => "local (installs paused)",
                 BuildScript::Local => "local",
                 BuildScript::Wait => "wait (install cap)",
                 BuildScript::Untracked => "by profile",
@@ -117,7 +159,38 @@ pub async fn host_script(
     match render::render_ipxe(&cat, &base, &choice, &facts) {
         Ok(s) => {
             st.metrics.script(outcome);
-            text(s)
+            let kept = match (&choice, key) {
+                (
+                    ScriptChoice::Host {
+                        host,
+                        profile,
+                        build: build @ (BuildScript::Local | BuildScript::Untracked),
+                    },
+                    Some(key),
+                ) if keep && epoch.files_watched() => Some((host, profile, build, key)),
+                _ => None,
+            };
+            let Some((host, profile, build, key)) = kept else {
+                return text(s);
+            };
+            let body = Bytes::from(s);
+            let entry = Entry {
+                body: body.clone(),
+                host: host.name.clone(),
+                profile: profile.name.clone(),
+                script: match build {
+                    BuildScript::Local if paused => "local (installs paused)",
+                    BuildScript::Local => "local",
+                    _ => "by profile",
+                },
+            };
+            let now = st
+                .scripts
+                .epoch(&st.catalog.load(), &st.build.claims(), st.build.paused());
+            let cap = cat.site.settings.limits.script_cache_entries;
+            st.scripts
+                .insert(epoch, now, &cat, &claims, key, entry, cap);
+            text_bytes(body)
         }
         Err(e) => {
             st.metrics.script("error");
@@ -153,24 +226,39 @@ async fn auto_approve(st: &AppState, mac: Mac, profile: String, remote: SocketAd
 
 /// What an inventory host's build state makes of its script request: the install script with
 /// its token while armed, the local one otherwise (and whenever the store cannot be read).
+/// With it, whether the answer is stable: decided from a record that the request did not change
+/// and whose build is not under way (installed, failed), for which `lifecycle::on_script`
+/// reads neither the clock nor the install cap, so it stays the same until the record changes.
 async fn build_script(
     st: &AppState,
     cat: &Catalog,
     host: &Host,
     facts: &Facts,
     remote: SocketAddr,
-) -> BuildScript {
+) -> (BuildScript, bool) {
     let policy = policy(cat);
     let name = host.name.clone();
     let (mac, platform) = (facts.mac.map(|m| m.to_string()), facts.platform.clone());
     let build = st.build.clone();
     let cap = cat.site.settings.install.max_installing;
+    // What a new build of this host is pinned to: its release's current compose.
+    let pin = cat
+        .site
+        .profiles
+        .get(&host.profile)
+        .and_then(|p| p.release.clone())
+        .map(|r| (cat.config.state.clone(), r));
     let decided = tokio::task::spawn_blocking(move || {
         let source = remote.ip().to_string();
         let now = crate::events::now();
         build.decide_capped(&name, now, cap, |r, room| {
             let (script, mut change) =
-                lifecycle::on_script(r, now, &policy, &source, &mut new_token, room);
+                lifecycle::on_script(r, now, &policy, &source, &mut new_token, room, &mut || {
+                    pin.as_ref().and_then(|(state, release)| {
+                        let compose = pxeforge_releases::current_compose(state, release)?;
+                        Some(pxeforge_releases::media_id(release, &compose))
+                    })
+                });
             // The record keeps the MAC and platform the host booted with, for its kickstart.
             if matches!(script, Script::Install { .. }) {
                 let base = change.as_ref().map_or(r, |(rec, _)| rec);
@@ -182,25 +270,29 @@ async fn build_script(
                     change = Some((rec, ts));
                 }
             }
-            (script, change)
+            let stable = change.is_none()
+                && !matches!(r.state, BuildStateKind::Armed | BuildStateKind::Installing);
+            ((script, stable), change)
         })
     })
     .await;
     match decided {
-        Ok(Ok(Some(Script::Install { token }))) => BuildScript::Install { token },
-        Ok(Ok(Some(Script::Local))) => BuildScript::Local,
-        Ok(Ok(Some(Script::Wait))) => BuildScript::Wait,
+        Ok(Ok(Some((Script::Install { token, media }, _)))) => {
+            (BuildScript::Install { token, media }, false)
+        }
+        Ok(Ok(Some((Script::Local, stable)))) => (BuildScript::Local, stable),
+        Ok(Ok(Some((Script::Wait, _)))) => (BuildScript::Wait, false),
         Ok(Ok(None)) => {
             tracing::warn!(host = %host.name, "no build-state record (the store is reconciled at every load): local boot");
-            BuildScript::Local
+            (BuildScript::Local, false)
         }
         Ok(Err(e)) => {
             tracing::error!(host = %host.name, error = %e, "build state unavailable: local boot");
-            BuildScript::Local
+            (BuildScript::Local, false)
         }
         Err(e) => {
             tracing::error!(host = %host.name, error = %e, "build-state task failed: local boot");
-            BuildScript::Local
+            (BuildScript::Local, false)
         }
     }
 }

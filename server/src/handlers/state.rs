@@ -39,6 +39,8 @@ pub struct Shared {
     pub tftp_root: PathBuf,
     pub state_dir: PathBuf,
     pub extra_metrics: Arc<Vec<MetricsWriter>>,
+    /// Rendered `/ipxe` scripts of inventory hosts, with what drops them.
+    pub scripts: Arc<crate::script_cache::ScriptCache>,
 }
 
 /// The URL hosts are told to come back to, by the catalog's base-URL policy.

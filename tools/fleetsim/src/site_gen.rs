@@ -91,7 +91,12 @@ pub fn rewrite_settings(text: &str, repo_url: &str, max_installing: Option<u32>)
         if let Some(toml::Value::Table(releases)) = install.get_mut("releases") {
             for (_, rel) in releases.iter_mut() {
                 if let toml::Value::Table(rel) = rel {
-                    rel.insert("repo".into(), toml::Value::String(repo_url.to_string()));
+                    // The install tree (boot media, as the release is never synced here) and
+                    // the packages both come from the simulation's own files.
+                    rel.remove("boot_tree");
+                    for key in ["upstream", "repo"] {
+                        rel.insert(key.into(), toml::Value::String(repo_url.to_string()));
+                    }
                 }
             }
         }
