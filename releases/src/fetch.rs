@@ -18,6 +18,9 @@ pub struct FetchOptions {
     pub max_backoff: Duration,
     /// Connecting, and the wait for each read (not the whole transfer: install.img is large).
     pub timeout: Duration,
+    /// The largest file a download may write: `.treeinfo` lists no sizes, so without a cap a
+    /// hostile or wrong upstream could fill the disk before the checksum fails.
+    pub max_file_bytes: u64,
 }
 
 impl Default for FetchOptions {
@@ -27,6 +30,8 @@ impl Default for FetchOptions {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             timeout: Duration::from_secs(60),
+            // A CentOS Stream install.img is about 1 GiB; 8 GiB leaves room for growth.
+            max_file_bytes: 8 << 30,
         }
     }
 }
@@ -251,6 +256,11 @@ impl Fetcher {
             _ => return Err(status_fail(status)),
         }
         let total = resp.content_length().map(|n| n + from);
+        let max = self.opts.max_file_bytes;
+        if total.is_some_and(|t| t > max) {
+            truncate(partial)?;
+            return Err(Fail::Fatal(FetchError::TooLarge(max)));
+        }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -270,6 +280,11 @@ impl Fetcher {
                 // What was written stays: the next attempt resumes after it.
                 Err(e) => return Err(Fail::Retry(format!("reading the body: {e}"))),
             };
+            if size + n as u64 > max {
+                drop(f);
+                truncate(partial)?;
+                return Err(Fail::Fatal(FetchError::TooLarge(max)));
+            }
             f.write_all(&buf[..n]).map_err(io_err(partial))?;
             hasher.update(&buf[..n]);
             size += n as u64;

@@ -90,7 +90,7 @@ pub struct SyncReport {
 /// Every error names the release, and the URL or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("release {release}: {url}: {source}")]
+    #[error("release {release}: {url}: {source}; nothing published")]
     Fetch {
         release: String,
         url: String,

@@ -69,6 +69,10 @@ pub struct SyncArgs {
     /// Connect timeout, and the longest wait for each read of a download
     #[arg(long, default_value_t = FetchOptions::default().timeout.as_secs(), value_name = "SECS")]
     pub timeout: u64,
+    /// The largest file a sync downloads (MiB): a larger one stops the sync, so that a wrong or
+    /// hostile upstream cannot fill the disk before the checksum fails
+    #[arg(long, default_value_t = FetchOptions::default().max_file_bytes >> 20, value_name = "MIB")]
+    pub max_file_mib: u64,
 }
 
 /// The site's settings and the state directory (`--state`, else the site's server.state_dir).
@@ -172,6 +176,7 @@ fn sync(args: &ReleasesArgs, s: &SyncArgs) -> Result<i32> {
         attempts: s.attempts.max(1),
         backoff: Duration::from_millis(s.backoff_ms),
         timeout: Duration::from_secs(s.timeout.max(1)),
+        max_file_bytes: s.max_file_mib.max(1).saturating_mul(1 << 20),
         ..FetchOptions::default()
     };
     let base_url = config.base_url.offline().to_string();

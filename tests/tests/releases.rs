@@ -340,6 +340,42 @@ fn a_flipped_byte_fails_the_sync_naming_the_file_and_publishes_nothing() {
     assert!(out.contains("no synced releases"), "{out}");
 }
 
+/// A file larger than `--max-file-mib` is a hostile or wrong upstream: the download stops at the
+/// cap (the disk is not filled before the checksum could fail), names the file, publishes
+/// nothing and keeps no partial file.
+#[test]
+fn a_file_over_the_size_cap_stops_the_sync_at_the_cap() {
+    let Some((f, _)) = fixture_site("large", 3 * 1024 * 1024) else {
+        return;
+    };
+    let (code, out, err) = f.sync(&[RELEASE, "--max-file-mib", "1"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        "images/install.img",
+        "larger than 1048576 bytes",
+        "nothing published",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    assert_eq!(f.current(), None);
+    let partial = f.state.join("releases/.partial").join(RELEASE);
+    let left: Vec<u64> = std::fs::read_dir(&partial)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| *n <= 1024 * 1024),
+        "partials over the cap: {left:?}"
+    );
+    // Under the default cap the same tree syncs.
+    let (code, out, err) = f.sync(&[RELEASE]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+}
+
 #[test]
 fn a_killed_sync_leaves_the_store_as_it_was_and_the_next_one_resumes() {
     let Some((f, old)) = fixture_site("before", 64 * 1024) else {
