@@ -38,6 +38,12 @@ pub fn current_compose(state: &Path, name: &str) -> Option<String> {
     pxeforge_store::current(&state.join(DIR).join(name))
 }
 
+/// The media id (`<release>/<compose-id>`) of release `name`'s current compose: what a build
+/// armed now is pinned to.
+pub fn current_media(state: &Path, name: &str) -> Option<String> {
+    current_compose(state, name).map(|c| media_id(name, &c))
+}
+
 /// The folder of one published compose (which may not exist).
 pub fn compose_dir(state: &Path, name: &str, compose: &str) -> PathBuf {
     state.join(DIR).join(name).join(compose)
@@ -170,33 +176,5 @@ pub fn gc_release(
     keep: usize,
     pins: &Pins,
 ) -> Result<Vec<PathBuf>, StoreError> {
-    let victims = |items: Vec<Item>| -> Vec<Item> {
-        items
-            .into_iter()
-            .enumerate()
-            .filter(|(n, it)| *n >= keep && !it.is_current && !pins.is_pinned(name, &it.id))
-            .map(|(_, it)| it)
-            .collect()
-    };
-    if victims(store.items(dir)).is_empty() {
-        return Ok(Vec::new());
-    }
-    // Created before the lock is taken (staging takes it itself); its own flock keeps stale
-    // cleanup away from it.
-    let trash = store.staging("gc-")?;
-    let lock = store.lock()?;
-    // Again under the lock: a publish or set_current may have come in between.
-    let mut removed = Vec::new();
-    for v in victims(store.items(dir)) {
-        let to = trash.path().join(&v.id);
-        std::fs::rename(&v.dir, &to).map_err(|source| StoreError::Io {
-            path: v.dir.clone(),
-            source,
-        })?;
-        removed.push(v.dir);
-    }
-    pxeforge_store::fsync_dir(dir)?;
-    drop(lock);
-    trash.remove()?;
-    Ok(removed)
+    store.gc_with(dir, keep, &|it: &Item| pins.is_pinned(name, &it.id))
 }

@@ -94,8 +94,6 @@ pub fn pinner(state: &Path, site: &Site) -> crate::buildstate::Pinner {
         .collect();
     let state = state.to_path_buf();
     std::sync::Arc::new(move |host: &str| {
-        let release = releases.get(host)?;
-        let compose = pxeforge_releases::current_compose(&state, release)?;
-        Some(pxeforge_releases::media_id(release, &compose))
+        pxeforge_releases::current_media(&state, releases.get(host)?)
     })
 }

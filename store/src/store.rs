@@ -317,6 +317,17 @@ impl Store {
     /// ever visible) and stale `current.tmp-*` links are dropped; the deleting itself happens
     /// after the lock is released.
     pub fn gc(&self, dir: &Path, keep: usize) -> Result<Vec<PathBuf>, StoreError> {
+        self.gc_with(dir, keep, &|_| false)
+    }
+
+    /// [`Store::gc`], also sparing every item `spare` says to keep (e.g. one a host is pinned
+    /// to); decided under the store lock, so a publish in between is seen.
+    pub fn gc_with(
+        &self,
+        dir: &Path,
+        keep: usize,
+        spare: &dyn Fn(&Item) -> bool,
+    ) -> Result<Vec<PathBuf>, StoreError> {
         self.key_of(dir)?;
         if !dir.is_dir() {
             return Ok(Vec::new());
@@ -336,7 +347,7 @@ impl Store {
             .items(dir)
             .into_iter()
             .enumerate()
-            .filter(|(n, it)| *n >= keep && !it.is_current)
+            .filter(|(n, it)| *n >= keep && !it.is_current && !spare(it))
             .map(|(_, it)| it)
             .collect();
         if victims.is_empty() {

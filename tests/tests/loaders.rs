@@ -30,6 +30,19 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// `serve` of the fixture site with TFTP on a free loopback port and its own state.
+    fn serve(&self) -> Server {
+        Server::start(
+            &self.site,
+            &[
+                "--tftp",
+                "127.0.0.1:0",
+                "--state",
+                self.state.to_str().unwrap(),
+            ],
+        )
+    }
+
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let site = dir.path().join("site");
@@ -156,15 +169,7 @@ fn fresh_serve_hands_out_the_real_ipxe_binaries() {
         panic!("curl is required (scripts/install-deps.sh installs it)");
     }
     let f = Fixture::new();
-    let server = Server::start(
-        &f.site,
-        &[
-            "--tftp",
-            "127.0.0.1:0",
-            "--state",
-            f.state.to_str().unwrap(),
-        ],
-    );
+    let server = f.serve();
     let tftp = server.tftp.expect("a `tftp listening on` line");
     let work = f.path("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -191,15 +196,7 @@ fn fresh_serve_hands_out_the_real_ipxe_binaries() {
     drop(server);
     // A second start finds the store filled and leaves it as it is.
     let before = f.item_dirs();
-    let server = Server::start(
-        &f.site,
-        &[
-            "--tftp",
-            "127.0.0.1:0",
-            "--state",
-            f.state.to_str().unwrap(),
-        ],
-    );
+    let server = f.serve();
     assert!(!server.log_text().contains("filled the empty loaders store"));
     assert_eq!(f.item_dirs(), before);
 }
@@ -394,15 +391,7 @@ fn serve_starts_with_empty_sources_and_serves_a_later_sync() {
     let src = f.path("src");
     std::fs::create_dir_all(&src).unwrap();
     f.set_sources(&[&src]);
-    let server = Server::start(
-        &f.site,
-        &[
-            "--tftp",
-            "127.0.0.1:0",
-            "--state",
-            f.state.to_str().unwrap(),
-        ],
-    );
+    let server = f.serve();
     let log = server.log_text();
     assert!(
         log.contains("could not be filled") && log.contains("no loaders source has a file"),
@@ -426,15 +415,7 @@ fn tftp_follows_current_after_a_sync() {
     let src = f.path("src");
     write(&src.join("ipxe.efi"), b"one");
     f.set_sources(&[&src]);
-    let server = Server::start(
-        &f.site,
-        &[
-            "--tftp",
-            "127.0.0.1:0",
-            "--state",
-            f.state.to_str().unwrap(),
-        ],
-    );
+    let server = f.serve();
     let tftp = server.tftp.expect("tftp address");
     let work = f.path("work");
     std::fs::create_dir_all(&work).unwrap();

@@ -255,8 +255,7 @@ async fn build_script(
             let (script, mut change) =
                 lifecycle::on_script(r, now, &policy, &source, &mut new_token, room, &mut || {
                     pin.as_ref().and_then(|(state, release)| {
-                        let compose = pxeforge_releases::current_compose(state, release)?;
-                        Some(pxeforge_releases::media_id(release, &compose))
+                        pxeforge_releases::current_media(state, release)
                     })
                 });
             // The record keeps the MAC and platform the host booted with, for its kickstart.
