@@ -9,6 +9,13 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "test.sh: not root: not installing packages; root-only tests will be skipped" >&2
 fi
+# A clean build with its test binaries takes about 2 GiB under target/ (see the profiles in
+# Cargo.toml), the test assets and images a few hundred MiB more: say so up front rather than
+# fail deep inside a linker with "No space left on device".
+avail_mib=$(df -Pm . | awk 'NR == 2 { print $4 }')
+if [ "${avail_mib:-0}" -lt 3072 ]; then
+  echo "test.sh: warning: only ${avail_mib} MiB free under $PWD; a clean build and the tests need about 3 GiB" >&2
+fi
 scripts/fetch-test-assets.sh
 cargo build --workspace --bins --examples
 # Tests that cannot run here (not root, a tool missing) record why in this file; the harness
