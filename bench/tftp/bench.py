@@ -6,8 +6,16 @@ Run through bench/tftp/run.sh, which builds pxeforge's TFTP server in release mo
 atftpd from its Debian package, and runs this inside a private network namespace (dnsmasq's
 TFTP port is fixed at 69).
 
-The single-file rows run twice in each repeat: on the quiet machine, and again with a CPU hog
-(`--hog` busy-loop processes, one per core by default) running beside every server's transfers.
+The single-file rows run up to three times in each repeat:
+- on the quiet machine;
+- "+ CPU hog": `--hog` busy-loop processes (one per core by default) run beside every server's
+  transfers, on any core, client included;
+- "+ CPU hog on the server's core" (machines with 2 or more cores): the server's threads and one
+  busy loop share the last core, and the client has the first to itself. A client on the rack is
+  another machine, which a hog on the boot server does not slow; with the client pinned away, a
+  row measures how fast the server answers while it fights for its core, without the luck of
+  where the scheduler puts the client (the unpinned rows flip between 0.5 s and 2 s from one
+  repeat to the next, for every server).
 """
 
 import argparse
@@ -130,21 +138,39 @@ def port_ready(root):
 
 
 class Hog:
-    """`n` busy-loop processes (sh `while :`), for the contended rows."""
+    """`n` busy-loop processes (sh `while :`), for the contended rows; on `cpus` if given."""
 
-    def __init__(self, n):
-        self.n, self.procs = n, []
+    def __init__(self, n, cpus=None):
+        self.n, self.cpus, self.procs = n, cpus, []
 
     def __enter__(self):
         self.procs = [
             subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(self.n)
         ]
+        if self.cpus is not None:
+            for p in self.procs:
+                os.sched_setaffinity(p.pid, self.cpus)
         return self
 
     def __exit__(self, *exc):
         for p in self.procs:
             p.kill()
             p.wait()
+
+
+def pin_tree(pid, cpus):
+    """Every thread of a server's process tree onto `cpus` (sched_setaffinity acts on one
+    thread; threads and children created later inherit their creator's set)."""
+    for p in tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # the thread or child ended meanwhile
 
 
 def loadavg():
@@ -279,23 +305,40 @@ def main():
     storm_kinds = list(storm_clients(0, "").keys())
     out = os.path.join(work, "out")
     load = {"start": loadavg()}
+    all_cpus = os.sched_getaffinity(0)
+    rounds = [(0, False)]
+    if args.hog:
+        rounds.append((args.hog, False))
+    if args.hog and len(all_cpus) >= 2:
+        # The last core for the server and one busy loop, the others for the client.
+        server_cpus = {max(all_cpus)}
+        client_cpus = ",".join(str(c) for c in sorted(all_cpus - server_cpus))
+        rounds.append((1, True))
     try:
         for s in servers:
             s.start()
         for r in range(args.repeats):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             # Quiet, then contended: the hog runs through every server's transfers alike.
-            for hog in [0] + ([args.hog] if args.hog else []):
-                with Hog(hog):
+            for mode in rounds:
+                hog, pinned = mode
+                with Hog(hog, server_cpus if pinned else None):
                     for s in order:
-                        print(f"== repeat {r + 1}: {s.name}" + (f" + {hog} CPU hogs" if hog else ""),
-                              file=sys.stderr, flush=True)
+                        suffix = ""
+                        if hog:
+                            suffix = " + CPU hog on the server's core" if pinned else " + CPU hog"
+                        print(f"== repeat {r + 1}: {s.name}{suffix}", file=sys.stderr, flush=True)
+                        if pinned:
+                            pin_tree(s.proc.pid, server_cpus)
                         for label, argv in single_rows(s.port, out).items():
-                            if hog:
-                                label = f"{label} + CPU hog"
+                            if pinned:
+                                argv = ["taskset", "-c", client_cpus] + argv
+                            label = f"{label}{suffix}"
                             elapsed, ok = timed(argv, out, sums["big32"])
                             times[s.name].setdefault(label, []).append(elapsed)
                             fails[s.name][label] = fails[s.name].get(label, 0) + (0 if ok else 1)
+                        if pinned:
+                            pin_tree(s.proc.pid, all_cpus)
         for s in servers:
             s.stop()
         # Fresh processes for the storms, so that peak memory is the storms'.
@@ -339,7 +382,9 @@ def main():
     print(
         f"Each cell: median of {args.repeats} runs ({args.storm_repeats} for the storm), "
         "servers interleaved; failures are non-zero exits or wrong bytes. "
-        f"'+ CPU hog': {args.hog} busy-loop processes ran beside every server's transfers. "
+        f"'+ CPU hog': {args.hog} busy-loop processes ran beside every server's transfers; "
+        "'+ CPU hog on the server's core': the server and one busy loop shared the last core, "
+        "the client had the others. "
         f"Load average {load['start']} at start, {load['end']} at end; {os.cpu_count()} cores."
     )
     print()
