@@ -28,7 +28,7 @@ pub struct Overrides {
     /// Interface DHCP listens on
     #[arg(long, value_name = "NAME")]
     pub dhcp_interface: Option<String>,
-    /// State directory (event and lease databases, image store)
+    /// State directory (event and lease databases, image store); one serve per directory
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// URL hosts are told to fetch from (default: the Host header of each request)

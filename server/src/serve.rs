@@ -151,6 +151,38 @@ fn http_limits(s: &pxeforge_site::Settings, budget: FdBudget) -> pxeforge_httpd:
     }
 }
 
+/// The lock file that keeps a state directory to one `serve`, holding the server's pid.
+const SERVE_LOCK: &str = "serve.lock";
+
+/// One server per state directory: two would hand out the same pool addresses from one lease
+/// file (each keeps its own index of free addresses) and race on every store. The DHCP socket
+/// does not keep a second one out (it binds with SO_REUSEADDR), so the state directory holds an
+/// exclusive lock for as long as the returned value lives. Commands that change the state
+/// offline (`reinstall --state`, `releases sync`) do not take it: the stores are safe for them.
+fn lock_state_dir(state: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write;
+    let path = state.join(SERVE_LOCK);
+    let Some(lock) = pxeforge_store::try_lock_file(&path)? else {
+        // Written by the holder below; a holder that is still starting may not have written it.
+        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = match pid.trim() {
+            "" => String::new(),
+            pid => format!(" (pid {pid})"),
+        };
+        anyhow::bail!(
+            "state directory {} is in use by another pxeforge serve{holder}: it holds {}; \
+             stop that server, or give this one its own --state",
+            state.display(),
+            path.display()
+        );
+    };
+    let mut f: &std::fs::File = &lock;
+    f.set_len(0)
+        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(lock)
+}
+
 pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     raise_nofile_limit();
     let site_dir = site_dir
@@ -169,6 +201,7 @@ pub async fn run(site_dir: PathBuf, overrides: Overrides) -> Result<()> {
     let eff: Config = catalog.config.clone();
     std::fs::create_dir_all(&eff.state)
         .with_context(|| format!("creating state directory {}", eff.state.display()))?;
+    let _one_server = lock_state_dir(&eff.state)?;
     // Before TFTP binds: its default root is the loaders store's `current`, filled here if empty.
     crate::loaders::at_start(&catalog);
     let metrics = Arc::new(Metrics::default());

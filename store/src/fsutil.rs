@@ -114,6 +114,20 @@ pub(crate) fn flock(f: File, path: &Path, wait: bool) -> Result<Option<Flock<Fil
     }
 }
 
+/// Opens (creating, mode 0644) the file at `path` and takes an exclusive flock on it without
+/// waiting: `Ok(None)` when another process holds it. The lock lives as long as the returned
+/// value, and ends with the process however it exits.
+pub fn try_lock_file(path: &Path) -> Result<Option<Flock<File>>, StoreError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io(path))?;
+    flock(f, path, false)
+}
+
 /// 16 hex digits for temporary names. Not secret, only unlikely to collide; every user creates
 /// the name exclusively (mkdir, symlink) and retries on a collision.
 pub(crate) fn random_suffix() -> String {

@@ -19,7 +19,7 @@ mod verify;
 
 pub use cache::{current_sums, FileSum, ItemSums, SumsCache};
 pub use error::StoreError;
-pub use fsutil::{fsync_dir, fsync_tree, hash_file};
+pub use fsutil::{fsync_dir, fsync_tree, hash_file, try_lock_file};
 pub use store::{
     current, resolve, Item, PublishOptions, PublishOutcome, Published, Staging, Store, StoreLock,
 };

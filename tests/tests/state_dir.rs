@@ -145,3 +145,67 @@ fn render_kickstart_of_an_approved_machine_is_what_its_installer_gets() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(rendered.replace("TOKEN", &token), served);
 }
+
+/// Two servers on one state directory would hand out the same pool addresses from one lease
+/// file and race on every store: the second refuses to start, naming the directory and the
+/// running server's pid, and the first keeps serving.
+#[test]
+fn a_second_serve_on_the_same_state_directory_is_refused() {
+    let t = pxeforge_tests::TempSite::new();
+    let first = t.serve();
+    let state_arg = t.state.to_str().expect("utf-8 path");
+    let site_arg = t.site.to_str().expect("utf-8 path");
+    let mut second = std::process::Command::new(pxeforge_tests::pxeforge_bin())
+        .args([
+            "serve",
+            "--site",
+            site_arg,
+            "--state",
+            state_arg,
+            "--no-tftp",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the second serve");
+    // A refused start exits at once; one that is still running after this started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    if status.is_none() {
+        let _ = second.kill();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    let code = status.and_then(|s| s.code()).unwrap_or(-1);
+    assert!(
+        status.is_some(),
+        "a second serve on one state directory started and was still running after 30 s:\n{err}"
+    );
+    assert_ne!(
+        code, 0,
+        "a second serve on one state directory started:\n{err}"
+    );
+    assert!(
+        err.contains(state_arg) && err.contains("another pxeforge serve"),
+        "the error does not name the state directory and why:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", first.child.id())),
+        "the error does not name the running server's pid:\n{err}"
+    );
+    let got = reqwest::blocking::get(first.url("/healthz")).expect("GET /healthz");
+    assert_eq!(got.status(), 200, "the first server stopped serving");
+}
