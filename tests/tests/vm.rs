@@ -235,13 +235,15 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `pxeforge vm-test` with the shared site and state, its report folder named after the case.
+/// `pxeforge vm-test` with the shared site and a state directory of the case's own, its report
+/// folder named after the case.
 fn vm_test(case: &str, args: &[&str]) -> Run {
-    vm_test_in(case, &prepared().state, args)
+    vm_test_in(case, &own_state(case), args)
 }
 
 /// A state directory of the case's own, holding the shared built images: its build state and
-/// events are its own, for a case that boots a host another case may be booting at the same time.
+/// events are its own, and its `serve` may run beside another case's (one serve per state
+/// directory; under `cargo test` the cases of one process share `prepared()`).
 fn own_state(case: &str) -> PathBuf {
     let p = prepared();
     let state = p.work.join(format!("{case}-state"));
