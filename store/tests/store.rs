@@ -366,6 +366,14 @@ fn stale_temporaries_are_found_through_their_lock() {
             c.kill().unwrap();
             drop(c.stdin.take());
             c.wait().unwrap();
+            // flock(1) forks before it closes its copy of the descriptor for `cat`: on a loaded
+            // machine that child can still hold the lock for a moment after flock itself died
+            // (a CI run failed here). Stale means nobody holds it, so wait for that.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while held_elsewhere(&other) {
+                assert!(std::time::Instant::now() < deadline, "lock outlived flock");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let r = store.clean_stale_tmp().unwrap();
             assert_eq!(r, std::slice::from_ref(&other));
         }
