@@ -71,7 +71,8 @@ pub struct VmTestArgs {
     /// Site directory
     #[arg(long, default_value = ".")]
     pub site: PathBuf,
-    /// State directory for the boot service (default: the site's); images are served from it
+    /// State directory for the boot service (default: the site's); images are served from it.
+    /// One run per state directory at a time (its serve holds it)
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Directory served at /assets/ (default: the site's), e.g. where the test installer is staged
