@@ -17,29 +17,12 @@ const EMFILE_CHILD: &str = "PXEFORGE_TFTP_TEST_EMFILE_CHILD";
 /// running out would break the tests running beside it here. Bounded to 60 s.
 #[test]
 fn out_of_descriptors_answers_busy() {
-    let exe = std::env::current_exe().unwrap();
-    let child = std::process::Command::new(exe)
-        .args(["emfile_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(EMFILE_CHILD, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: kill(2) on the child we spawned, which has not been reaped yet (the
-            // thread waiting for it has not returned).
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("the child did not finish within 60 s");
-        }
-    };
+    let out = pxeforge_child::run_test_in_child(
+        "emfile_child",
+        (EMFILE_CHILD, "1"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
