@@ -2237,19 +2237,13 @@ mod tests {
     /// beside it here), bounded to 60 s.
     #[test]
     fn accept_backs_off_and_recovers_when_descriptors_run_out() {
-        let out = pxeforge_child::run_test_in_child(
+        let stdout = pxeforge_child::run_test_in_child(
             "conn::tests::emfile_child",
             (EMFILE_CHILD, "1"),
             Duration::from_secs(60),
+            "emfile-child: done",
         )
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("emfile-child: done"),
-            "{}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            out.status
-        );
+        .unwrap_or_else(|e| panic!("{e}"));
         eprintln!(
             "{}",
             // The harness prints `test … ... ` before what the test prints, on its line.

@@ -456,38 +456,54 @@ fn read_lines<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>, mut tee:
     });
 }
 
-/// Runs the test `test` of the calling test binary alone in a child process, with `env` set,
-/// and returns its output; kills it and returns an error (naming the test) after `timeout`. For a
-/// test that changes what is process-wide, such as the descriptor limit, which would break the
-/// tests running beside it in the same process.
+/// Runs the test `test` of the calling test binary alone in a child process, with `env` set, for
+/// a test that changes what is process-wide (such as the descriptor limit, which would break the
+/// tests running beside it in the same process). Returns the child's stdout when it passed and
+/// printed `done`; otherwise, or after `timeout` (the child is then killed), an error naming the
+/// test with the child's status and output.
 pub fn run_test_in_child(
     test: &str,
     env: (&str, &str),
     timeout: Duration,
-) -> std::io::Result<std::process::Output> {
-    let child = Command::new(std::env::current_exe()?)
+    done: &str,
+) -> Result<String, String> {
+    let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(env.0, env.1)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .map_err(|e| format!("{test}: cannot start its child process: {e}"))?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out,
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out.map_err(|e| format!("{test}: waiting for its child process: {e}"))?,
         Err(_) => {
             // The waiting thread has not reaped the child yet, so the pid is still ours.
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{test} did not finish within {timeout:?} in its child process"),
-            ))
+            return Err(format!(
+                "{test} did not finish within {timeout:?} in its child process"
+            ));
         }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && stdout.contains(done) {
+        return Ok(stdout);
     }
+    Err(format!(
+        "{test} in its child process: {}, {done:?} {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        if stdout.contains(done) {
+            "printed"
+        } else {
+            "not printed"
+        },
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 #[cfg(test)]
