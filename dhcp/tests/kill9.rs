@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,40 +26,6 @@ const ACK: u8 = 5;
 
 /// Clients in the burst: enough that requests queue up behind an fsync and form batches.
 const CLIENTS: usize = 200;
-
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Killed (SIGKILL, by its own pid) when dropped, if the test has not done it.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The `dhcpd` example, built by `cargo test` beside this test binary (target/*/examples).
 fn dhcpd() -> Option<PathBuf> {
@@ -120,27 +86,18 @@ fn every_lease_acked_in_a_batch_survives_kill_9() {
     let prefix = format!("pxf-dk9-{}", std::process::id());
     let srv = Netns::new(format!("{prefix}-s"));
     let cli = Netns::new(format!("{prefix}-c"));
-    run(
-        "ip",
-        &[
-            "-n", &srv.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-            &cli.0,
-        ],
-    );
-    run(
-        "ip",
-        &["-n", &srv.0, "addr", "add", "10.9.0.1/16", "dev", "eth0"],
-    );
-    run("ip", &["-n", &srv.0, "link", "set", "eth0", "up"]);
-    run("ip", &["-n", &cli.0, "link", "set", "eth0", "up"]);
+    srv.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &cli.name,
+    ]);
+    srv.ip(&["addr", "add", "10.9.0.1/16", "dev", "eth0"]);
+    srv.ip(&["link", "set", "eth0", "up"]);
+    cli.ip(&["link", "set", "eth0", "up"]);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("leases.db");
 
     // `ip netns exec` execs the server: the child's pid is dhcpd's.
     let mut server = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", &srv.0])
-            .arg(&dhcpd)
+        srv.command(dhcpd.to_str().expect("utf-8 path"))
             .args(["--mode", "reservation", "--interface", "eth0", "--lease-db"])
             .arg(&db)
             .args(["--pool", "10.9.1.0-10.9.1.250/16", "--ping-check", "off"])
@@ -158,34 +115,32 @@ fn every_lease_acked_in_a_batch_survives_kill_9() {
         .any(|l| l == "dhcpd: ready");
     assert!(ready, "dhcpd did not start");
 
-    let path = format!("/run/netns/{}", cli.0);
-    let (offers, acks) = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.set_recv_buffer_size(4 << 20).unwrap();
-        s.bind_device(Some(b"eth0")).unwrap();
-        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
-        s.bind(&SocketAddr::V4(any).into()).unwrap();
-        let s: std::net::UdpSocket = s.into();
-        let discovers: Vec<_> = (0..CLIENTS).map(|i| (i, packet(i, DISCOVER))).collect();
-        let offers = burst(&s, &discovers, OFFER);
-        let requests: Vec<_> = (0..CLIENTS)
-            .filter_map(|i| {
-                let ip = *offers.get(&client_mac(i))?;
-                let mut p = packet(i, REQUEST);
-                set_option(&mut p, opt::REQUESTED_IP, &ip.octets());
-                set_option(&mut p, opt::SERVER_ID, &[10, 9, 0, 1]);
-                Some((i, p))
-            })
-            .collect();
-        let acks = burst(&s, &requests, ACK);
-        (offers, acks)
-    })
-    .join()
-    .unwrap();
+    let (offers, acks) = cli
+        .enter(move || {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_address(true).unwrap();
+            s.set_broadcast(true).unwrap();
+            s.set_recv_buffer_size(4 << 20).unwrap();
+            s.bind_device(Some(b"eth0")).unwrap();
+            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+            s.bind(&SocketAddr::V4(any).into()).unwrap();
+            let s: std::net::UdpSocket = s.into();
+            let discovers: Vec<_> = (0..CLIENTS).map(|i| (i, packet(i, DISCOVER))).collect();
+            let offers = burst(&s, &discovers, OFFER);
+            let requests: Vec<_> = (0..CLIENTS)
+                .filter_map(|i| {
+                    let ip = *offers.get(&client_mac(i))?;
+                    let mut p = packet(i, REQUEST);
+                    set_option(&mut p, opt::REQUESTED_IP, &ip.octets());
+                    set_option(&mut p, opt::SERVER_ID, &[10, 9, 0, 1]);
+                    Some((i, p))
+                })
+                .collect();
+            let acks = burst(&s, &requests, ACK);
+            (offers, acks)
+        })
+        .join()
+        .unwrap();
     // SIGKILL at once: whatever the server answered must already be in the store.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
