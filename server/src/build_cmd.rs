@@ -3,7 +3,6 @@
 use crate::config::Overrides;
 use anyhow::{anyhow, bail, Context, Result};
 use pxeforge_imagebuilder::{self as ib, store, Progress};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -58,17 +57,7 @@ struct Reporter {
 
 impl Reporter {
     fn new(label: String) -> Reporter {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_prefix(label.clone());
-            b
-        });
+        let bar = crate::store_cmd::terminal_bar(&label, 12);
         Reporter { bar, label }
     }
 }
@@ -218,15 +207,7 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
         }
         ImagesCommand::Verify => {
             let mismatches = store::verify(&state).context("verifying the image store")?;
-            for m in &mismatches {
-                println!("MISMATCH {m}");
-            }
-            if mismatches.is_empty() {
-                println!("all published files match their SHA256SUMS");
-                Ok(0)
-            } else {
-                Ok(1)
-            }
+            Ok(crate::store_cmd::report_verify(&mismatches, "files"))
         }
         ImagesCommand::Gc { keep } => {
             let removed = store::gc(&state, *keep).context("collecting old builds")?;

@@ -38,4 +38,5 @@ pub mod render;
 pub mod script_cache;
 pub mod select;
 pub mod serve;
+pub mod store_cmd;
 pub mod templates;

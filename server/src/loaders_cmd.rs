@@ -94,15 +94,7 @@ pub fn loaders(args: &LoadersArgs) -> Result<i32> {
         LoadersCommand::Verify => {
             let items = store.list();
             let mismatches = pxeforge_store::verify_items(items.iter().map(|i| i.dir.as_path()));
-            for m in &mismatches {
-                println!("MISMATCH {m}");
-            }
-            if mismatches.is_empty() {
-                println!("all published loaders match their SHA256SUMS");
-                Ok(0)
-            } else {
-                Ok(1)
-            }
+            Ok(crate::store_cmd::report_verify(&mismatches, "loaders"))
         }
         LoadersCommand::Gc { keep } => {
             let removed = store

@@ -5,7 +5,6 @@ use crate::config::Config;
 use anyhow::{anyhow, bail, Context, Result};
 use pxeforge_releases::{self as rel, FetchOptions, Progress, SyncOutcome};
 use pxeforge_site::{Diagnostic, Severity, Site};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,16 +112,10 @@ pub fn releases(args: &ReleasesArgs) -> Result<i32> {
         }
         ReleasesCommand::Verify => {
             let state = state_only(args)?;
-            let bad = rel::verify(&state);
-            for m in &bad {
-                println!("MISMATCH {m}");
-            }
-            if bad.is_empty() {
-                println!("all published files match their SHA256SUMS");
-                Ok(0)
-            } else {
-                Ok(1)
-            }
+            Ok(crate::store_cmd::report_verify(
+                &rel::verify(&state),
+                "files",
+            ))
         }
         ReleasesCommand::Gc { keep } => {
             let state = state_only(args)?;
@@ -243,17 +236,7 @@ struct Reporter {
 
 impl Reporter {
     fn new(release: String) -> Reporter {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} {msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_prefix(release.clone());
-            b
-        });
+        let bar = crate::store_cmd::terminal_bar(&release, 28);
         Reporter { bar, release }
     }
 
