@@ -4,6 +4,7 @@
 //! or has been validated, so nothing a client sends is pasted into a script.
 
 use crate::catalog::Catalog;
+use crate::media::BootMedia;
 use crate::select::{BuildScript, Facts, ScriptChoice};
 use crate::templates::{RenderError, BOOTSTRAP, DISCOVER, DISKLESS, INSTALL, LOCAL, WAIT};
 use pxeforge_site::settings::UnknownHostPolicy;
@@ -23,7 +24,7 @@ pub fn with_host_context<R>(
     mac: Mac,
     platform: Option<&str>,
     token: &str,
-    media: Option<&str>,
+    media: &BootMedia,
     f: impl FnOnce(&Context) -> R,
 ) -> R {
     let platform = platform.unwrap_or_else(|| default_platform(profile));
@@ -61,6 +62,27 @@ fn default_platform(profile: &Profile) -> &'static str {
     }
 }
 
+/// The boot media of a host of `profile`: its build's (pinned at arming) or the release's
+/// current ones, worked out per request, since a sync moves `current` without reloading the
+/// site. Without `enforce`, a release that must be synced and is not shows its upstream (what
+/// `render` and kickstarts show); with it, that is an error (an armed host's install script).
+fn media_of(
+    cat: &Catalog,
+    profile: &Profile,
+    pinned: Option<&str>,
+    base_url: &str,
+    enforce: bool,
+) -> Result<BootMedia, crate::media::MediaError> {
+    crate::media::boot_media(
+        &cat.config.state,
+        &cat.site,
+        profile,
+        pinned,
+        base_url,
+        enforce,
+    )
+}
+
 /// Sets what differs between hosts of one profile, or between requests: always the same keys,
 /// so that a reused copy of the shared context keeps nothing of the previous host.
 #[allow(clippy::too_many_arguments)]
@@ -72,25 +94,12 @@ fn add_request_parts(
     profile: &Profile,
     mac: Mac,
     token: &str,
-    media: Option<&str>,
+    m: &BootMedia,
 ) {
-    // The boot media are the host's build's (pinned at arming), or the release's current ones:
-    // per request, since a sync moves `current` without reloading the site. A release that must
-    // be synced and is not shows its upstream here; `render_ipxe` refuses an armed host's
-    // install script for it.
-    let m = crate::media::boot_media(
-        &cat.config.state,
-        &cat.site,
-        profile,
-        media,
-        base_url,
-        false,
-    )
-    .unwrap_or_default();
     ctx.insert("kernel_url", &m.kernel_url);
     ctx.insert("initrd_url", &m.initrd_url);
     ctx.insert("stage2_url", &m.stage2_url);
-    ctx.insert("media", &m.media.unwrap_or_default());
+    ctx.insert("media", m.media.as_deref().unwrap_or_default());
     let mac_url = mac.hyphenated();
     ctx.insert("host", host);
     ctx.insert("mac", &mac.to_string());
@@ -202,21 +211,14 @@ pub fn render_ipxe(
                     None,
                 ),
             };
-            if matches!(build, BuildScript::Install { .. }) && template == INSTALL {
-                // Under require_synced, an install must not boot anything but synced media.
-                crate::media::boot_media(
-                    &cat.config.state,
-                    &cat.site,
-                    profile,
-                    media,
-                    base_url,
-                    true,
-                )
-                .map_err(|e| RenderError::Template {
+            // Under require_synced, an install must not boot anything but synced media.
+            let enforce = matches!(build, BuildScript::Install { .. }) && template == INSTALL;
+            let media = media_of(cat, profile, media, base_url, enforce).map_err(|e| {
+                RenderError::Template {
                     name: template.to_string(),
                     message: e.to_string(),
-                })?;
-            }
+                }
+            })?;
             with_host_context(
                 cat,
                 base_url,
@@ -225,7 +227,7 @@ pub fn render_ipxe(
                 mac,
                 platform,
                 token,
-                media,
+                &media,
                 |ctx| cat.templates.render(template, ctx),
             )
         }
@@ -266,6 +268,12 @@ pub fn render_kickstart(
     token: &str,
 ) -> Result<String, RenderError> {
     // The kickstart names no boot media: the release's current ones fill the context.
+    let template = format!("ks/{}", profile.kickstart);
+    let media =
+        media_of(cat, profile, None, base_url, false).map_err(|e| RenderError::Template {
+            name: template.clone(),
+            message: e.to_string(),
+        })?;
     with_host_context(
         cat,
         base_url,
@@ -274,11 +282,8 @@ pub fn render_kickstart(
         mac,
         platform,
         token,
-        None,
-        |ctx| {
-            cat.templates
-                .render(&format!("ks/{}", profile.kickstart), ctx)
-        },
+        &media,
+        |ctx| cat.templates.render(&template, ctx),
     )
 }
 
@@ -309,7 +314,7 @@ mod tests {
             mac,
             platform,
             ks,
-            None,
+            &media_of(site, profile, None, base_url, false).unwrap(),
             Context::clone,
         )
     }
@@ -338,7 +343,14 @@ mod tests {
         let platform = platform.unwrap_or_else(|| default_platform(profile));
         let mut ctx = profile_context(&site.site, base_url, profile, platform);
         add_request_parts(
-            &mut ctx, site, base_url, host, profile, mac, &host.name, None,
+            &mut ctx,
+            site,
+            base_url,
+            host,
+            profile,
+            mac,
+            &host.name,
+            &media_of(site, profile, None, base_url, false).unwrap(),
         );
         ctx
     }
@@ -433,10 +445,17 @@ mod tests {
                 };
                 let (host, profile, mac) = &hosts[j];
                 let ks = &host.name;
-                let seen =
-                    with_host_context(&site, &base, host, profile, *mac, None, ks, None, |c| {
-                        c.clone()
-                    });
+                let seen = with_host_context(
+                    &site,
+                    &base,
+                    host,
+                    profile,
+                    *mac,
+                    None,
+                    ks,
+                    &media_of(&site, profile, None, &base, false).unwrap(),
+                    |c| c.clone(),
+                );
                 assert_eq!(seen, fresh[j], "{} in round {round}", host.name);
             }
         }
